@@ -1,0 +1,1 @@
+"""The renas-db command line (installed as renas_db.cli)."""

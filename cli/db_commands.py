@@ -1,0 +1,56 @@
+"""renas-db db upgrade | current"""
+from __future__ import annotations
+
+import click
+
+from renas_db.cli.context import AppContext, pass_app
+from renas_db.cli.render import message
+
+
+@click.group("db")
+def db() -> None:
+    """Database schema commands.
+
+    Example: renas-db --db postgresql://user@host/renas db upgrade
+    """
+
+
+@db.command("upgrade")
+@pass_app
+def upgrade_cmd(app: AppContext) -> None:
+    """Create or upgrade the schema to this version's head.
+
+    Example: renas-db db upgrade
+    """
+    from renas_db.db.schema import current_revision, head_revision, upgrade
+    store = app.store(check_schema=False)
+    before = _guard(lambda: current_revision(store), store)
+    _guard(lambda: upgrade(store), store)
+    message(f"database {store.masked_url}: {before or 'empty'} -> {head_revision()}")
+
+
+@db.command("current")
+@pass_app
+def current_cmd(app: AppContext) -> None:
+    """Print the schema revision of the database and the head of this renas-db.
+
+    Example: renas-db db current
+    """
+    from renas_db.db.schema import current_revision, head_revision
+    store = app.store(check_schema=False)
+    current = _guard(lambda: current_revision(store), store)
+    head = head_revision()
+    state = "up to date" if current == head else "run `renas-db db upgrade`"
+    click.echo(f"{current or 'empty'} (head {head}: {state})")
+
+
+def _guard(fn, store):  # type: ignore[no-untyped-def]
+    from sqlalchemy.exc import DBAPIError
+    from renas_db.db.session import translate_error
+    try:
+        return fn()
+    except DBAPIError as exc:
+        raise translate_error(exc, store.masked_url) from exc
+
+
+COMMANDS = [db]

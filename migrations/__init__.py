@@ -1,0 +1,1 @@
+"""Alembic environment of renas-db (installed as renas_db.migrations)."""

@@ -1,0 +1,44 @@
+"""Pure selection logic of one evolution step (Algorithm 1): no database, no torch."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An alive individual eligible for a tournament; larger id = younger."""
+    id: int
+    fitness: float
+
+
+@dataclass(frozen=True)
+class Tournament:
+    sample: tuple[int, ...]
+    parent_id: int
+    victim_id: int
+
+
+def step_rng(search_seed: int, step_index: int) -> random.Random:
+    """The same (seed, step) always draws the same sample, whichever worker creates it."""
+    return random.Random(f"renas-step:{search_seed}:{step_index}")
+
+
+def tournament(candidates: Sequence[Candidate], sample_size: int, removal: str,
+               rng: random.Random) -> Tournament:
+    """Sample S candidates; the parent is the best (ties: the oldest). The victim is the
+    worst of the sample (ties: the youngest, so never the parent) for removal=worst, or the
+    oldest eligible individual for removal=oldest (regularized evolution)."""
+    if sample_size < 2 or len(candidates) < sample_size:
+        raise ValueError(f"need {sample_size} >= 2 candidates, have {len(candidates)}")
+    pool = sorted(candidates, key=lambda c: c.id)
+    sample = rng.sample(pool, sample_size)
+    parent = max(sample, key=lambda c: (c.fitness, -c.id))
+    if removal == "worst":
+        victim = min(sample, key=lambda c: (c.fitness, -c.id))
+    elif removal == "oldest":
+        victim = pool[0]
+    else:
+        raise ValueError(f"unknown removal {removal!r}")
+    return Tournament(tuple(c.id for c in sample), parent.id, victim.id)
