@@ -203,7 +203,7 @@ class ControllerTrainer:
         self.optimizer.step()
         self.version += 1
         self.episodes_seen += len(episodes)
-        return {"loss": float(loss), "mean_reward": sum(rewards) / len(rewards),
+        return {"loss": float(loss.detach()), "mean_reward": sum(rewards) / len(rewards),
                 "baseline": float(self.baseline), "ratio_mean": sum(ratios) / len(ratios),
                 "ratio_min": min(ratios), "ratio_max": max(ratios),
                 "ratio_clipped": clipped / len(ratios), "episodes": len(episodes)}

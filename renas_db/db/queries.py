@@ -440,3 +440,9 @@ def mark_collected(store: Store, ids: Sequence[int]) -> None:
         s.execute(update(Individual).where(Individual.id.in_(list(ids)),
                                            Individual.alive.is_(False))
                   .values(checkpoint_uri=None, checkpoint_sha256=None))
+
+
+def describe_or_none(store: Store, name: str) -> dict[str, Any] | None:
+    with store.transaction(write=False) as s:
+        search = s.scalars(select(Search).where(Search.name == name)).one_or_none()
+        return None if search is None else {"name": search.name, "status": search.status}

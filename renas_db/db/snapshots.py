@@ -23,6 +23,7 @@ KEEP_EVERY = 100  # snapshot weights are ~2 MB: keep the newest few and every 10
 class EpisodeRow:
     id: int
     job_id: int
+    parent_genotype: str
     controller_version: int
     actions: list
     log_prob: float
@@ -57,12 +58,17 @@ def latest_version(store: Store, search_id: int) -> int | None:
 
 
 def unconsumed_episodes(store: Store, search_id: int, limit: int = 1000) -> list[EpisodeRow]:
+    """Episodes not folded into any snapshot yet, with their parent's genotype."""
+    from renas_db.db.models import Individual, Job
     with store.transaction(write=False) as s:
-        rows = s.scalars(select(Episode).where(Episode.search_id == search_id,
-                                               Episode.consumed_in_version.is_(None))
+        rows = s.execute(select(Episode, Individual.genotype)
+                         .join(Job, Job.id == Episode.job_id)
+                         .join(Individual, Individual.id == Job.parent_id)
+                         .where(Episode.search_id == search_id,
+                                Episode.consumed_in_version.is_(None))
                          .order_by(Episode.id).limit(limit)).all()
-        return [EpisodeRow(r.id, r.job_id, r.controller_version, r.actions, r.log_prob,
-                           r.reward, r.fitness) for r in rows]
+        return [EpisodeRow(e.id, e.job_id, g, e.controller_version, e.actions, e.log_prob,
+                           e.reward, e.fitness) for e, g in rows]
 
 
 def save_update(store: Store, search_id: int, base_version: int, state: bytes,

@@ -1,0 +1,310 @@
+"""renas-db worker | run | status | recover | check"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import click
+
+from renas_db.cli.context import AppContext, pass_app
+from renas_db.cli.render import as_json, err, message, out, table
+from renas_db.cli.search_commands import build_config, config_options
+from renas_db.errors import ConfigError, RenasError
+
+
+def _device(gpu: int | None, cpu: bool) -> str:
+    if gpu is not None and cpu:
+        raise ConfigError("give --gpu N or --cpu, not both")
+    return f"cuda:{gpu}" if gpu is not None else "cpu"
+
+
+def _progress_factory():  # type: ignore[no-untyped-def]
+    """A rich progress bar per job when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    def make(job):  # type: ignore[no-untyped-def]
+        progress = Progress(TextColumn(f"job {job.id} {job.kind} {job.step_index}"),
+                            BarColumn(), TextColumn("{task.completed}/{task.total} examples"),
+                            TimeRemainingColumn(), console=err, transient=True)
+        task = None
+
+        def update(done: int, total: int) -> None:
+            nonlocal task
+            if task is None:
+                progress.start()
+                task = progress.add_task("train", total=total)
+            progress.update(task, completed=done)
+            if done >= total:
+                progress.stop()
+        return update
+    return make
+
+
+@click.command("worker")
+@click.option("--search", "search_name", help="Serve only this search (default: every "
+              "running search).")
+@click.option("--gpu", type=int, help="Train on CUDA device N.")
+@click.option("--cpu", is_flag=True, help="Train on the CPU (the default without --gpu).")
+@click.option("--threads", type=click.IntRange(1, 1024), help="CPU threads for torch.")
+@click.option("--max-jobs", type=click.IntRange(1), help="Exit after this many jobs.")
+@click.option("--checkpoint-root", help="Override the search's checkpoint folder (e.g. a "
+              "shared mount seen under another path on this machine).")
+@click.option("--poll", "poll_seconds", type=float, default=1.0, show_default=True,
+              help="Seconds between claims when there is no work.")
+@click.option("--idle-exit", type=float, help="Exit after this many seconds without work.")
+@click.option("--stats-json", type=click.Path(dir_okay=False),
+              help="Write per-phase timings to this file at exit.")
+@click.option("--dry-run", "dry_run_seconds", type=float, hidden=True,
+              help="No training: fake fitness after this many seconds (tests, benchmarks).")
+@pass_app
+def worker_cmd(app: AppContext, search_name: str | None, gpu: int | None, cpu: bool,
+               threads: int | None, max_jobs: int | None, checkpoint_root: str | None,
+               poll_seconds: float, idle_exit: float | None, stats_json: str | None,
+               dry_run_seconds: float | None) -> None:
+    """Claim and run jobs until the searches finish (Ctrl-C releases the job and stops).
+
+    Example: renas-db --db postgresql://renas@db/renas worker --gpu 0
+    """
+    from renas_db.worker import Worker, WorkerOptions
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"%(asctime)s worker[{os.getpid()}] %(message)s"))
+    wlog = logging.getLogger("renas_db.worker")
+    wlog.addHandler(handler)
+    wlog.setLevel(logging.DEBUG if app.debug else logging.INFO)
+    wlog.propagate = False
+    store = app.store()
+    if search_name is not None:
+        from renas_db.db.queries import active_search_ids
+        active_search_ids(store, search_name)  # unknown search: one clear error
+    options = WorkerOptions(search=search_name, device=_device(gpu, cpu), threads=threads,
+                            max_jobs=max_jobs, checkpoint_root=checkpoint_root,
+                            poll_seconds=poll_seconds, idle_exit_seconds=idle_exit,
+                            stats_json=stats_json, dry_run_seconds=dry_run_seconds)
+    worker = Worker(store, options, progress_factory=_progress_factory())
+    worker.install_signal_handlers()
+    s = worker.run()
+    total = sum(s.timings.values()) or 1.0
+    outside = total - s.timings.get("train", 0.0) - s.timings.get("evaluate", 0.0)
+    message(f"worker {s.worker_id}: {s.jobs_done} jobs done, {s.jobs_failed} failed, "
+            f"{s.leases_lost} leases lost, {s.wall_seconds:.1f}s; "
+            f"{100 * outside / total:.1f}% of job time outside train/evaluate")
+
+
+def _worker_command(app: AppContext, name: str, device: str, threads: int) -> list[str]:
+    cmd = [sys.executable, "-m", "renas_db.cli.main"]
+    if app.debug:
+        cmd.append("--debug")
+    return cmd + ["worker", "--search", name, "--threads", str(threads)] + (
+        ["--cpu"] if device == "cpu" else ["--gpu", device.split(":")[1]])
+
+
+@click.command("run")
+@click.argument("name")
+@click.option("--workers", "n_workers", type=click.IntRange(1, 256), default=1,
+              show_default=True, help="Local worker processes (GPUs first).")
+@click.option("--threads", type=click.IntRange(1, 1024),
+              help="Torch threads per CPU worker (default: cores / workers).")
+@config_options
+@pass_app
+def run_cmd(app: AppContext, name: str, n_workers: int, threads: int | None,
+            config_file: str | None, **options: Any) -> None:
+    """Create (or resume) a search and run it with local workers, showing live progress.
+
+    Ctrl-C stops the workers cleanly (a second Ctrl-C kills them); running the same
+    command again resumes where the search stood.
+
+    Example: renas-db run demo --workers 2 --population 8 --steps 24 --train-subset 2000
+    """
+    from renas_db import searches
+    from renas_db.db.queries import RUNNING, describe_or_none, set_search_status
+    store = app.store()
+    info = describe_or_none(store, name)
+    if info is None:
+        config = build_config(config_file, options)
+        searches.create(store, name, config)
+        message(f"search {name} created (P={config.population}, E={config.steps}, "
+                f"{config.mutator})")
+    else:
+        given = {k: v for k, v in options.items() if v is not None}
+        if given or config_file:
+            message(f"search {name} exists: resuming it; search options are ignored")
+        if info["status"] == "paused":
+            set_search_status(store, name, RUNNING)
+        elif info["status"] in ("finished", "failed"):
+            _final(store, name)
+            return
+        message(f"resuming search {name} ({info['status']})")
+    env = dict(os.environ)
+    env["RENAS_DB_URL"] = store.url  # through the environment: never on a command line
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    devices = _local_devices(n_workers)
+    cpu_workers = sum(1 for d in devices if d == "cpu")
+    per = threads or max(1, (os.cpu_count() or 1) // max(cpu_workers, 1))
+    procs = [subprocess.Popen(_worker_command(app, name, d, per), env=env,
+                              start_new_session=True) for d in devices]
+    message(f"started {len(procs)} workers ({', '.join(devices)}); Ctrl-C stops them")
+    interrupted = 0
+    try:
+        _watch(store, name, procs)
+    except KeyboardInterrupt:
+        interrupted = 1
+        message("stopping workers (they release their jobs); Ctrl-C again kills them")
+        for p in procs:
+            _signal(p, signal.SIGTERM)
+        try:
+            for p in procs:
+                p.wait()
+        except KeyboardInterrupt:
+            for p in procs:
+                _signal(p, signal.SIGKILL)
+            for p in procs:
+                p.wait()
+    codes = [p.returncode for p in procs]
+    if not interrupted:
+        _final(store, name)
+    if any(codes) and not interrupted:
+        raise RenasError(f"{sum(1 for c in codes if c)} worker(s) exited with an error "
+                         f"(exit codes {codes})")
+
+
+def _signal(p: subprocess.Popen, sig: int) -> None:
+    try:
+        p.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
+def _local_devices(n: int) -> list[str]:
+    try:
+        import torch
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        gpus = 0
+    return [f"cuda:{i}" if i < gpus else "cpu" for i in range(n)]
+
+
+def _watch(store, name: str, procs: list[subprocess.Popen]) -> None:  # type: ignore[no-untyped-def]
+    from rich.live import Live
+    from renas_db.db.reports import search_status
+    with Live(console=err, refresh_per_second=1, transient=False) as live:
+        while any(p.poll() is None for p in procs):
+            try:
+                live.update(_status_table(search_status(store, name)))
+            except RenasError:
+                pass
+            time.sleep(2)
+        live.update(_status_table(search_status(store, name)))
+
+
+def _final(store, name: str) -> None:  # type: ignore[no-untyped-def]
+    from renas_db.db.reports import describe_search, search_status
+    st = search_status(store, name)
+    out.print(_status_table(st))
+    best = describe_search(store, name)["best"]
+    if best:
+        out.print(f"best genotype (individual {best[0]['id']}, fitness "
+                  f"{best[0]['fitness']:.4f}): {best[0]['genotype']}")
+
+
+def _status_table(st: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from rich.table import Table
+    from renas_db.cli.render import fmt
+    t = Table(title=f"{st['name']} ({st['status']}, {st['mutator']})", show_header=False)
+    rows = [("initial population", f"{st['init_done']}/{st['population']}"),
+            ("steps", f"{st['steps_done']}/{st['steps']}"),
+            ("alive", st["alive"]),
+            ("fitness best / mean / std",
+             f"{fmt(st['best_fitness'])} / {fmt(st['mean_fitness'])} / {fmt(st['std_fitness'])}"),
+            ("controller version / mean reward",
+             f"{fmt(st['controller_version'])} / {fmt(st['controller_mean_reward'])}"),
+            ("jobs queued / running / done / dead",
+             " / ".join(str(st["jobs"][k]) for k in ("queued", "running", "done", "dead"))),
+            ("#M models / #Ex per model / Cost examples",
+             f"{st['models_trained']} / {fmt(st['examples_per_model'])} / {st['examples']}"),
+            ("failures and expired leases", st["failures"])]
+    for w in st["workers"]:
+        rows.append((f"worker {w['worker']} ({w['host']}:{w['pid']} {w['device']})",
+                     f"job {w['job']} {w['kind']} {w['index']} attempt {w['attempt']}"))
+    t.add_column()
+    t.add_column()
+    for k, v in rows:
+        t.add_row(k, str(v))
+    return t
+
+
+@click.command("status")
+@click.argument("name", required=False)
+@click.option("--watch", is_flag=True, help="Refresh every 2 seconds until Ctrl-C.")
+@click.option("--json", "as_json_", is_flag=True, help="JSON for scripts.")
+@pass_app
+def status_cmd(app: AppContext, name: str | None, watch: bool, as_json_: bool) -> None:
+    """Progress of a search (or every search): steps, fitness, controller, workers.
+
+    Example: renas-db status demo --watch
+    """
+    from renas_db.db.queries import list_searches
+    from renas_db.db.reports import search_status
+    store = app.store()
+    names = [name] if name else [r["name"] for r in list_searches(store)]
+    if not names:
+        message("no searches yet: `renas-db search create NAME`")
+        return
+    if as_json_:
+        data = [search_status(store, n) for n in names]
+        as_json(data[0] if name else data)
+        return
+    if watch:
+        from rich.console import Group
+        from rich.live import Live
+        try:
+            with Live(console=out, refresh_per_second=1) as live:
+                while True:
+                    live.update(Group(*(_status_table(search_status(store, n)) for n in names)))
+                    time.sleep(2)
+        except KeyboardInterrupt:
+            return
+    for n in names:
+        out.print(_status_table(search_status(store, n)))
+
+
+@click.command("recover")
+@click.argument("name")
+@pass_app
+def recover_cmd(app: AppContext, name: str) -> None:
+    """Return jobs whose lease expired to the queue now (workers also do this at every claim).
+
+    Example: renas-db recover demo
+    """
+    from renas_db.db.queries import recover
+    r = recover(app.store(), name)
+    message(f"{name}: {r['requeued_or_dead']} expired jobs requeued or dead; "
+            f"{r['queued']} queued, {r['running']} running")
+
+
+@click.command("check")
+@click.argument("name")
+@click.option("--checkpoint-root", help="Where this machine sees the checkpoint folder.")
+@pass_app
+def check_cmd(app: AppContext, name: str, checkpoint_root: str | None) -> None:
+    """Check the search's invariants (population size, parents, victims, fences,
+    checkpoints, controller versions) with SQL.
+
+    Example: renas-db check demo
+    """
+    from renas_db.db.reports import check_invariants
+    problems = check_invariants(app.store(), name, checkpoint_root)
+    for p in problems:
+        click.echo(f"violated {p}")
+    if problems:
+        raise RenasError(f"{len(problems)} invariant(s) violated in search {name}")
+    message(f"{name}: all invariants hold")
+
+
+COMMANDS = [worker_cmd, run_cmd, status_cmd, recover_cmd, check_cmd]

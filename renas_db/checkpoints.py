@@ -1,0 +1,115 @@
+"""The checkpoint store: atomic writes, verified reads, garbage collection.
+
+A write goes to a temporary file in the target folder, is fsynced, renamed, and the
+folder fsynced: a crash at any moment leaves either the whole file or none under its
+name. Reads verify the sha256 and load with weights_only=True (no code can run)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+import uuid
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable
+
+from renas_db.errors import CheckpointError
+
+FORMAT = "renas-checkpoint-1"
+TMP_PREFIX = ".tmp-"
+
+
+class CheckpointStore:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, uri: str) -> Path:
+        rel = PurePosixPath(uri)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise CheckpointError(f"checkpoint URI must be a relative path: {uri!r}")
+        return self.root.joinpath(*rel.parts)
+
+    def save(self, uri: str, payload: dict[str, Any]) -> str:
+        """Write atomically; return the sha256 of the file."""
+        import torch
+        buf = io.BytesIO()
+        torch.save({"format": FORMAT, **payload}, buf)
+        data = buf.getvalue()
+        path = self.path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        return hashlib.sha256(data).hexdigest()
+
+    def load(self, uri: str, sha256: str | None) -> dict[str, Any]:
+        import torch
+        path = self.path(uri)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {path} is missing") from None
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise CheckpointError(f"checkpoint {path} does not match its sha256 (tampered "
+                                  "or damaged)")
+        try:
+            payload = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        except Exception as exc:
+            raise CheckpointError(f"checkpoint {path} is unreadable or carries code: "
+                                  f"{str(exc).splitlines()[0][:160]}") from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not a renas-db checkpoint")
+        return payload
+
+    def verify(self, uri: str, sha256: str) -> bool:
+        try:
+            return hashlib.sha256(self.path(uri).read_bytes()).hexdigest() == sha256
+        except (OSError, CheckpointError):
+            return False
+
+    def delete(self, uri: str) -> None:
+        try:
+            self.path(uri).unlink()
+        except FileNotFoundError:
+            pass
+
+    def collect(self, folder: str, keep: Iterable[str], grace_seconds: float) -> list[str]:
+        """Remove files of `folder` (a search's folder) not in `keep`, and temporaries,
+        once they are older than the grace period. Young files are never touched: they
+        may be checkpoints committed after `keep` was read."""
+        keep_set = {str(self.path(k)) for k in keep}
+        base = self.path(folder)
+        if not base.is_dir():
+            return []
+        removed = []
+        now = time.time()
+        for p in base.iterdir():
+            if not p.is_file() or str(p) in keep_set:
+                continue
+            if not (p.name.endswith(".pt") or p.name.startswith(TMP_PREFIX)):
+                continue
+            try:
+                if now - p.stat().st_mtime < grace_seconds:
+                    continue
+                p.unlink()
+                removed.append(p.name)
+            except FileNotFoundError:
+                continue
+        return removed
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (e.g. some network mounts) refuse fsync on folders
+    finally:
+        os.close(fd)

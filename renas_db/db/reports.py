@@ -1,0 +1,157 @@
+"""Read-only reports: search details, live status, and the DESIGN.md invariants in SQL."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sqlalchemy import func, select
+
+from renas_db.db.models import ControllerSnapshot, Episode, Event, Individual, Job, Worker
+from renas_db.db.queries import (CLAIMED, DEAD, DONE, INIT, QUEUED, RETRAIN, STEP,
+                                 get_search)
+from renas_db.db.session import Store
+
+
+def _individual(i: Individual) -> dict[str, Any]:
+    return {"id": i.id, "origin": i.origin, "parent_id": i.parent_id, "fitness": i.fitness,
+            "genotype": i.genotype, "n_params": i.n_params, "alive": i.alive}
+
+
+def describe_search(store: Store, name: str) -> dict[str, Any]:
+    with store.transaction(write=False) as s:
+        search = get_search(s, name)
+        best = s.scalars(select(Individual).where(
+            Individual.search_id == search.id, Individual.alive.is_(True),
+            Individual.origin != RETRAIN).order_by(Individual.fitness.desc(), Individual.id)
+            .limit(5)).all()
+        return {"name": search.name, "status": search.status, "seed": search.seed,
+                "checkpoint_root": search.checkpoint_root,
+                "created_at": search.created_at.isoformat(sep=" ", timespec="seconds"),
+                "finished_at": search.finished_at.isoformat(sep=" ", timespec="seconds")
+                if search.finished_at else None,
+                "config": search.config, "best": [_individual(i) for i in best]}
+
+
+def search_status(store: Store, name: str) -> dict[str, Any]:
+    """Everything `renas-db status` shows, in one read transaction."""
+    with store.transaction(write=False) as s:
+        search = get_search(s, name)
+        sid = search.id
+        cfg = search.config
+        counts = dict(s.execute(select(Job.state, func.count()).where(
+            Job.search_id == sid, Job.kind != RETRAIN).group_by(Job.state)).all())
+        steps_done = s.scalar(select(func.count()).where(
+            Job.search_id == sid, Job.kind == STEP, Job.state == DONE))
+        init_done = s.scalar(select(func.count()).where(
+            Job.search_id == sid, Job.kind == INIT, Job.state == DONE))
+        fit = s.scalars(select(Individual.fitness).where(
+            Individual.search_id == sid, Individual.alive.is_(True),
+            Individual.origin != RETRAIN)).all()
+        mean = sum(fit) / len(fit) if fit else None
+        std = math.sqrt(sum((f - mean) ** 2 for f in fit) / len(fit)) if fit else None
+        models, examples = s.execute(select(func.count(), func.coalesce(
+            func.sum(Individual.examples_seen), 0)).where(
+            Individual.search_id == sid, Individual.origin != RETRAIN)).one()
+        snap = s.execute(select(ControllerSnapshot.version, ControllerSnapshot.mean_reward,
+                                ControllerSnapshot.baseline)
+                         .where(ControllerSnapshot.search_id == sid)
+                         .order_by(ControllerSnapshot.version.desc()).limit(1)).first()
+        running = s.execute(select(Job.id, Job.kind, Job.step_index, Job.attempt, Worker.id,
+                                   Worker.host, Worker.pid, Worker.device, Job.heartbeat_at)
+                            .join(Worker, Worker.id == Job.worker_id)
+                            .where(Job.search_id == sid, Job.state == CLAIMED)
+                            .order_by(Job.id)).all()
+        failures = s.scalar(select(func.count()).where(
+            Event.search_id == sid, Event.kind.in_(("job failed", "lease expired"))))
+        episodes = s.scalar(select(func.count()).where(Episode.search_id == sid))
+        return {
+            "name": search.name, "status": search.status, "mutator": cfg.get("mutator"),
+            "population": cfg.get("population"), "init_done": init_done,
+            "steps_done": steps_done, "steps": cfg.get("steps"),
+            "jobs": {k: counts.get(k, 0) for k in (QUEUED, CLAIMED, DONE, DEAD)},
+            "alive": len(fit), "best_fitness": max(fit) if fit else None,
+            "mean_fitness": mean, "std_fitness": std,
+            "controller_version": snap[0] if snap else None,
+            "controller_mean_reward": snap[1] if snap else None,
+            "episodes": episodes,
+            "models_trained": models, "examples": int(examples),
+            "examples_per_model": (int(examples) / models) if models else None,
+            "failures": failures,
+            "workers": [{"job": r[0], "kind": r[1], "index": r[2], "attempt": r[3],
+                         "worker": r[4], "host": r[5], "pid": r[6], "device": r[7]}
+                        for r in running],
+        }
+
+
+def check_invariants(store: Store, name: str, checkpoint_root: str | None = None
+                     ) -> list[str]:
+    """DESIGN.md's invariants checked with SQL (and the checkpoint files). [] = all hold."""
+    from renas_db.checkpoints import CheckpointStore
+    problems: list[str] = []
+    with store.transaction(write=False) as s:
+        search = get_search(s, name)
+        sid, cfg = search.id, search.config
+        P = cfg["population"]
+        init_done = s.scalar(select(func.count()).where(
+            Job.search_id == sid, Job.kind == INIT, Job.state == DONE))
+        alive = s.scalar(select(func.count()).where(
+            Individual.search_id == sid, Individual.alive.is_(True),
+            Individual.origin != RETRAIN))
+        if init_done == P and alive != P:
+            problems.append(f"1: {alive} individuals alive, expected P={P}")
+        # 2. every child has one parent; every step removes exactly one victim
+        orphans = s.scalar(select(func.count()).where(
+            Individual.search_id == sid, Individual.origin == "child",
+            Individual.parent_id.is_(None)))
+        if orphans:
+            problems.append(f"2: {orphans} children without a parent")
+        steps_done = s.scalar(select(func.count()).where(
+            Job.search_id == sid, Job.kind == STEP, Job.state == DONE))
+        removed = s.scalar(select(func.count()).where(
+            Individual.search_id == sid, Individual.removed_by_job_id.is_not(None)))
+        dead = s.scalar(select(func.count()).where(
+            Individual.search_id == sid, Individual.alive.is_(False),
+            Individual.origin != RETRAIN))
+        if removed != steps_done or dead != steps_done:
+            problems.append(f"2: {steps_done} steps done but {removed} removals, {dead} dead")
+        double = s.scalar(select(func.count()).select_from(
+            select(Individual.removed_by_job_id).where(
+                Individual.search_id == sid, Individual.removed_by_job_id.is_not(None))
+            .group_by(Individual.removed_by_job_id).having(func.count() > 1).subquery()))
+        if double:
+            problems.append(f"2: {double} steps removed more than one individual")
+        # 3. a job's result applied at most once
+        per_job = s.scalar(select(func.count()).select_from(
+            select(Individual.job_id).where(Individual.search_id == sid)
+            .group_by(Individual.job_id).having(func.count() > 1).subquery()))
+        done_without = s.scalar(select(func.count()).where(
+            Job.search_id == sid, Job.state == DONE,
+            ~select(Individual.id).where(Individual.job_id == Job.id).exists()))
+        if per_job or done_without:
+            problems.append(f"3: {per_job} jobs applied twice, {done_without} done jobs "
+                            "without a result")
+        # 5. steps never exceed E; versions contiguous; episodes consumed once
+        last = s.scalar(select(func.max(Job.step_index)).where(
+            Job.search_id == sid, Job.kind == STEP))
+        if last is not None and last + 1 > cfg["steps"]:
+            problems.append(f"5: {last + 1} steps created, E={cfg['steps']}")
+        versions = list(s.scalars(select(ControllerSnapshot.version).where(
+            ControllerSnapshot.search_id == sid).order_by(ControllerSnapshot.version)))
+        if versions and versions != list(range(len(versions))):
+            problems.append(f"5: controller versions not contiguous: {versions[:10]}...")
+        bad = s.scalar(select(func.count()).where(
+            Episode.search_id == sid, Episode.consumed_in_version.is_not(None),
+            ~Episode.consumed_in_version.in_(versions or [-1])))
+        if bad:
+            problems.append(f"5: {bad} episodes consumed by a version that does not exist")
+        rows = s.execute(select(Individual.id, Individual.checkpoint_uri,
+                                Individual.checkpoint_sha256).where(
+            Individual.search_id == sid, Individual.alive.is_(True),
+            Individual.origin != RETRAIN)).all()
+        root = checkpoint_root or search.checkpoint_root
+    store_ = CheckpointStore(root)
+    for ind_id, uri, sha in rows:
+        if not uri or not sha or not store_.verify(uri, sha):
+            problems.append(f"4: checkpoint of alive individual {ind_id} missing or "
+                            f"not matching its sha256 ({uri})")
+    return problems

@@ -1,0 +1,219 @@
+"""What a worker does with a claimed job: build, inherit, train, evaluate, checkpoint.
+
+The worker loop owns the protocol; this module owns the torch work."""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from renas_db import space
+from renas_db.checkpoints import CheckpointStore
+from renas_db.db.queries import INIT, RETRAIN, STEP, ClaimedJob, JobResult
+from renas_db.db.session import Store
+from renas_db.errors import RenasError
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Timings:
+    """Seconds per phase, summed over jobs: the worker's overhead accounting."""
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+
+    def timed(self, phase: str):  # type: ignore[no-untyped-def]
+        timings = self
+
+        class _T:
+            def __enter__(self) -> None:
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc: object) -> None:
+                timings.add(phase, time.perf_counter() - self.t)
+        return _T()
+
+
+def checkpoint_uri(job: ClaimedJob) -> str:
+    # One file per lease, not per job: a frozen worker that wakes up after losing its
+    # lease can never overwrite the checkpoint of the worker that took over.
+    return f"{job.search_name}/{job.id}-{job.lease_token[:8]}.pt"
+
+
+def search_folder(job: ClaimedJob) -> str:
+    return job.search_name
+
+
+class TrainingExecutor:
+    def __init__(self, store: Store, device: str | None, threads: int | None,
+                 checkpoint_root: str | None, timings: Timings) -> None:
+        from renas_db.train import resolve_device
+        self.store = store
+        self.device = resolve_device(device, threads)
+        self.checkpoint_root = checkpoint_root
+        self.timings = timings
+        self._datasets: dict[tuple, object] = {}
+        self._controllers: dict[int, object] = {}
+
+    def checkpoints(self, job: ClaimedJob) -> CheckpointStore:
+        return CheckpointStore(self.checkpoint_root or job.checkpoint_root)
+
+    def dataset(self, job: ClaimedJob):  # type: ignore[no-untyped-def]
+        from renas_db.data import load_dataset
+        cfg = job.config
+        key = (cfg.dataset, cfg.data_dir)
+        if key not in self._datasets:
+            self._datasets[key] = load_dataset(cfg.dataset, cfg.data_dir).to(self.device)
+        return self._datasets[key]
+
+    def mutator(self, job: ClaimedJob):  # type: ignore[no-untyped-def]
+        from renas_db import mutators
+        kind = job.config.mutator
+        if kind == "random":
+            return mutators.RandomMutator()
+        if kind == "single":
+            return mutators.SingleMutator()
+        from renas_db.controller import ControllerTrainer, controller_config
+        from renas_db.db.snapshots import latest_snapshot, latest_version
+        cached = self._controllers.get(job.search_id)
+        version = latest_version(self.store, job.search_id)
+        if cached is None or cached.version != version:
+            _, state, _ = latest_snapshot(self.store, job.search_id)
+            cached = ControllerTrainer.from_bytes(state, controller_config(job.config))
+            self._controllers[job.search_id] = cached
+        return mutators.RenasMutator(cached)
+
+    def run(self, job: ClaimedJob, progress: Progress | None,
+            stop: threading.Event) -> JobResult:
+        import torch
+        from renas_db.controller import controller_config
+        from renas_db.inherit import inherit, param_groups
+        from renas_db.mutators import mutation_rng
+        from renas_db.network import Network, count_mult_adds, count_parameters, spec_for
+        from renas_db.train import (evaluate, fine_tune, prepare, seeded_generator,
+                                    train_from_scratch)
+        cfg = job.config
+        t = self.timings
+        with t.timed("load_data"):
+            data = self.dataset(job)
+        spec = spec_for(cfg.dataset, cells=cfg.cells, filters=cfg.filters)
+        generator = seeded_generator(hash((cfg.seed, job.id, job.attempt)) & 0x7FFFFFFF)
+        torch.manual_seed(hash((cfg.seed, job.id, job.attempt, 1)) & 0x7FFFFFFF)
+        store = self.checkpoints(job)
+        result = JobResult(genotype="", arch_hash="", fitness=0.0, val_loss=None,
+                           checkpoint_uri=None, checkpoint_sha256=None, examples_seen=0,
+                           train_seconds=0.0)
+        if job.kind == INIT:
+            genotype = space.parse(job.genotype)
+            with t.timed("build"):
+                network = prepare(Network(genotype, spec), self.device)
+            with t.timed("train"):
+                r = train_from_scratch(network, data, device=self.device,
+                                       epochs=cfg.init_epochs, lr=cfg.init_lr,
+                                       batch_size=cfg.batch_size, momentum=cfg.momentum,
+                                       weight_decay=cfg.weight_decay,
+                                       train_subset=cfg.train_subset, val_examples=None,
+                                       generator=generator, progress=progress, stop=stop)
+            with t.timed("evaluate"):
+                fitness, loss = evaluate(network, data.val.head(cfg.val_examples), data,
+                                         device=self.device)
+            result.examples_seen = r.examples_seen
+            result.train_seconds = r.seconds
+        elif job.kind == STEP:
+            assert job.parent is not None
+            with t.timed("checkpoint_read"):
+                payload = store.load(job.parent.checkpoint_uri, job.parent.checkpoint_sha256)
+            parent_genotype = space.parse(job.parent.genotype)
+            with t.timed("mutate"):
+                proposal = self.mutator(job).propose(
+                    parent_genotype, mutation_rng(cfg.seed, job.id, job.attempt))
+                genotype = parent_genotype.apply(proposal.actions)
+            with t.timed("build"):
+                network = Network(genotype, spec)
+                report = inherit(parent_genotype, payload["state"], network)
+                network = prepare(network, self.device)
+                groups = param_groups(network, report, cfg.lr_new, cfg.lr_inherited)
+            with t.timed("train"):
+                r = fine_tune(network, groups, data, device=self.device,
+                              batch_size=cfg.batch_size,
+                              examples=cfg.finetune_examples or cfg.train_subset,
+                              momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                              generator=generator, progress=progress, stop=stop)
+            with t.timed("evaluate"):
+                fitness, loss = evaluate(network, data.val.head(cfg.val_examples), data,
+                                         device=self.device)
+            result.examples_seen = r.examples_seen
+            result.train_seconds = r.seconds
+            result.mutation = space.actions_to_json(proposal.actions)
+            result.controller_version = proposal.controller_version
+            result.log_prob = proposal.log_prob
+            result.reward = controller_config(cfg).reward(fitness)
+        else:
+            raise RenasError(f"job kind {job.kind!r} is not supported by this worker")
+        result.genotype = genotype.to_text()
+        result.arch_hash = genotype.arch_hash()
+        result.fitness = fitness
+        result.val_loss = loss
+        with t.timed("count"):
+            result.n_params = count_parameters(network)
+            result.mult_adds = count_mult_adds(network)
+        with t.timed("checkpoint_write"):
+            uri = checkpoint_uri(job)
+            state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
+            result.checkpoint_sha256 = store.save(uri, {"genotype": result.genotype,
+                                                        "state": state})
+            result.checkpoint_uri = uri
+        return result
+
+
+class DryRunExecutor(TrainingExecutor):
+    """No training: fitness is a deterministic function of the genotype and a tiny
+    checkpoint is written. For coordination tests and benchmarks."""
+
+    def __init__(self, store: Store, checkpoint_root: str | None, timings: Timings,
+                 seconds: float = 0.0) -> None:
+        self.store = store
+        self.checkpoint_root = checkpoint_root
+        self.timings = timings
+        self.seconds = seconds
+        self._controllers = {}
+
+    def run(self, job: ClaimedJob, progress: Progress | None,
+            stop: threading.Event) -> JobResult:
+        from renas_db.errors import TrainingStopped
+        from renas_db.mutators import mutation_rng
+        cfg = job.config
+        proposal = None
+        if job.kind == STEP:
+            parent = space.parse(job.parent.genotype)
+            self.checkpoints(job).load(job.parent.checkpoint_uri, job.parent.checkpoint_sha256)
+            proposal = self.mutator(job).propose(parent, mutation_rng(cfg.seed, job.id,
+                                                                       job.attempt))
+            genotype = parent.apply(proposal.actions)
+        else:
+            genotype = space.parse(job.genotype)
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            if stop.is_set():
+                raise TrainingStopped("stopped")
+            time.sleep(min(0.05, self.seconds))
+        if stop.is_set():
+            raise TrainingStopped("stopped")
+        digest = hashlib.sha256(genotype.to_text().encode()).digest()
+        fitness = 0.5 + digest[0] / 255 * 0.45
+        uri = checkpoint_uri(job)
+        sha = self.checkpoints(job).save(uri, {"genotype": genotype.to_text(), "state": {}})
+        result = JobResult(genotype=genotype.to_text(), arch_hash=genotype.arch_hash(),
+                           fitness=fitness, val_loss=1.0 - fitness, checkpoint_uri=uri,
+                           checkpoint_sha256=sha, examples_seen=0, train_seconds=self.seconds)
+        if proposal is not None:
+            from renas_db.controller import ControllerConfig
+            result.mutation = space.actions_to_json(proposal.actions)
+            result.controller_version = proposal.controller_version
+            result.log_prob = proposal.log_prob
+            result.reward = ControllerConfig().reward(fitness)
+        return result

@@ -1,0 +1,110 @@
+"""Parameter inheritance: the child starts from its parent's weights outside the
+mutated nodes.
+
+Choice for projections that read a cell's concatenated loose ends (the next cells'
+1x1 preprocessing, the auxiliary head's first conv, the classifier): slice copies. The
+input-channel slices of blocks that are loose ends in both parent and child are copied;
+the slices of blocks that became loose ends are fresh. Such partially inherited tensors
+train at lr_new."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from renas_db.errors import CheckpointError
+from renas_db.network import Network, NetworkSpec
+from renas_db.space import Genotype, diff
+
+
+@dataclass
+class InheritReport:
+    inherited: list[str] = field(default_factory=list)
+    partial: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    inherited_scalars: int = 0
+    new_scalars: int = 0
+
+    @property
+    def fraction_inherited(self) -> float:
+        total = self.inherited_scalars + self.new_scalars
+        return self.inherited_scalars / total if total else 1.0
+
+
+def expected_shapes(genotype: Genotype, spec: NetworkSpec) -> dict[str, torch.Size]:
+    with torch.device("meta"):
+        return {k: v.shape for k, v in Network(genotype, spec).state_dict().items()}
+
+
+def check_state(genotype: Genotype, spec: NetworkSpec, state: dict[str, torch.Tensor]) -> None:
+    expected = expected_shapes(genotype, spec)
+    if set(expected) != set(state):
+        missing = sorted(set(expected) - set(state))[:3]
+        extra = sorted(set(state) - set(expected))[:3]
+        raise CheckpointError(f"checkpoint does not match its genotype (missing {missing}, "
+                              f"unexpected {extra})")
+    for k, shape in expected.items():
+        if state[k].shape != shape:
+            raise CheckpointError(f"checkpoint does not match its genotype: {k} has shape "
+                                  f"{tuple(state[k].shape)}, expected {tuple(shape)}")
+
+
+def _mutated_prefixes(parent: Genotype, child: Genotype, network: Network) -> list[str]:
+    nodes = diff(parent, child)
+    return [f"cells.{i}.blocks.{n.block}.op{n.pair + 1}."
+            for i in range(len(network.cells)) for n in nodes]
+
+
+def inherit(parent_genotype: Genotype, parent_state: dict[str, torch.Tensor],
+            child: Network) -> InheritReport:
+    """Copy into `child` every parent tensor outside the mutated nodes (in place)."""
+    check_state(parent_genotype, child.spec, parent_state)
+    report = InheritReport()
+    mutated = _mutated_prefixes(parent_genotype, child.genotype, child)
+    readers = child.concat_readers()
+    old_ends = parent_genotype.loose_ends()
+    new_ends = child.genotype.loose_ends()
+    child_state = child.state_dict()
+    params = {name for name, _ in child.named_parameters()}
+    with torch.no_grad():
+        for name, target in child_state.items():
+            source = parent_state.get(name)
+            fresh = source is None or any(name.startswith(p) for p in mutated)
+            if not fresh and name in readers and old_ends != new_ends:
+                width = readers[name]
+                copied = False
+                for k_new, block in enumerate(new_ends):
+                    if block in old_ends:
+                        k_old = old_ends.index(block)
+                        target[:, k_new * width:(k_new + 1) * width].copy_(
+                            source[:, k_old * width:(k_old + 1) * width])
+                        copied = True
+                if name in params:
+                    (report.partial if copied else report.new).append(name)
+                    report.new_scalars += target.numel()
+                continue
+            if not fresh and source.shape != target.shape:
+                raise CheckpointError(f"parent tensor {name} has shape {tuple(source.shape)}, "
+                                      f"child expects {tuple(target.shape)}")
+            if fresh:
+                if name in params:
+                    report.new.append(name)
+                    report.new_scalars += target.numel()
+                continue
+            target.copy_(source)
+            if name in params:
+                report.inherited.append(name)
+                report.inherited_scalars += target.numel()
+    return report
+
+
+def param_groups(network: Network, report: InheritReport, lr_new: float,
+                 lr_inherited: float) -> list[dict]:
+    """New and partially inherited parameters at lr_new, inherited ones 10x slower."""
+    inherited = set(report.inherited)
+    named = dict(network.named_parameters())
+    groups = [{"params": [p for n, p in named.items() if n not in inherited], "lr": lr_new,
+               "name": "new"},
+              {"params": [p for n, p in named.items() if n in inherited], "lr": lr_inherited,
+               "name": "inherited"}]
+    return [g for g in groups if g["params"]]

@@ -1,0 +1,86 @@
+"""The candidate operations, each built by one factory signature: OPS[name](C, stride).
+
+Module names are stable and descriptive: they are the keys of parameter inheritance.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ReLUConvBN(nn.Module):
+    def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1,
+                 padding: int = 0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(F.relu(x)))
+
+
+class SepConv(nn.Module):
+    """NASNet's separable convolution: (ReLU, depthwise, pointwise, BN) twice, stride on
+    the first depthwise."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        pad = kernel // 2
+        self.depthwise1 = nn.Conv2d(c_in, c_in, kernel, stride=stride, padding=pad,
+                                    groups=c_in, bias=False)
+        self.pointwise1 = nn.Conv2d(c_in, c_in, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.depthwise2 = nn.Conv2d(c_in, c_in, kernel, padding=pad, groups=c_in, bias=False)
+        self.pointwise2 = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn1(self.pointwise1(self.depthwise1(F.relu(x))))
+        return self.bn2(self.pointwise2(self.depthwise2(F.relu(x))))
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the spatial size with two offset 1x1 stride-2 convolutions, concatenated."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(x)
+        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+
+
+class Pool(nn.Module):
+    def __init__(self, kind: str, stride: int) -> None:
+        super().__init__()
+        self.pool = (nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+                     if kind == "avg" else nn.MaxPool2d(3, stride=stride, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x)
+
+
+class Identity(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _identity(c: int, stride: int) -> nn.Module:
+    return Identity() if stride == 1 else FactorizedReduce(c, c)
+
+
+OPS: dict[str, Callable[[int, int], nn.Module]] = {
+    "sep_conv_3x3": lambda c, stride: SepConv(c, c, 3, stride),
+    "sep_conv_5x5": lambda c, stride: SepConv(c, c, 5, stride),
+    "sep_conv_7x7": lambda c, stride: SepConv(c, c, 7, stride),
+    "avg_pool_3x3": lambda c, stride: Pool("avg", stride),
+    "max_pool_3x3": lambda c, stride: Pool("max", stride),
+    "identity": _identity,
+}

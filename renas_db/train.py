@@ -1,0 +1,179 @@
+"""Turning a network into a fitness: fine-tuning, evaluation, training from scratch."""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from renas_db.data import Dataset, Split, augment_batch, batches, normalise
+from renas_db.errors import DeviceError, TrainingStopped
+from renas_db.network import Network
+
+Progress = Callable[[int, int], None]  # (examples done, examples total)
+
+
+def resolve_device(device: str | None, threads: int | None = None) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' (checked against the device count) or None (cpu)."""
+    if threads:
+        torch.set_num_threads(threads)
+    if device in (None, "", "cpu"):
+        return torch.device("cpu")
+    if not device.startswith("cuda"):
+        raise DeviceError(f"unknown device {device!r} (cpu, cuda:N)")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"{device} requested but CUDA is not available on this machine")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"bad device {device!r}") from None
+    index = dev.index or 0
+    if index >= torch.cuda.device_count():
+        raise DeviceError(f"{device} does not exist: this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s)")
+    torch.cuda.set_device(index)
+    torch.backends.cudnn.benchmark = True
+    return torch.device("cuda", index)
+
+
+def _autocast(device: torch.device):  # type: ignore[no-untyped-def]
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _inputs(x: torch.Tensor, dataset: Dataset) -> torch.Tensor:
+    return normalise(x, dataset.mean, dataset.std).contiguous(
+        memory_format=torch.channels_last)
+
+
+def prepare(network: Network, device: torch.device) -> Network:
+    # channels_last: 1.6-2.7x on this CPU for the depthwise-heavy cells (DESIGN.md)
+    return network.to(device=device, memory_format=torch.channels_last)
+
+
+@dataclass
+class FineTuneResult:
+    examples_seen: int
+    seconds: float
+    loss: float
+
+
+def fine_tune(network: Network, param_groups: list[dict], dataset: Dataset, *,
+              device: torch.device, batch_size: int, examples: int | None = None,
+              momentum: float = 0.9, weight_decay: float = 3e-4,
+              generator: torch.Generator | None = None, progress: Progress | None = None,
+              stop: threading.Event | None = None) -> FineTuneResult:
+    """One pass over the training split (or `examples`) with the inheritance groups."""
+    start = time.perf_counter()
+    train = dataset.train
+    total = len(train) if examples is None else examples
+    optimizer = torch.optim.SGD(param_groups, momentum=momentum, weight_decay=weight_decay)
+    network.train()
+    seen, last_loss = 0, float("nan")
+    for idx in batches(len(train), batch_size, generator, examples=total):
+        if stop is not None and stop.is_set():
+            raise TrainingStopped(f"stopped after {seen} examples")
+        idx = idx.to(train.images.device)
+        x = _inputs(augment_batch(train.images[idx], dataset.augment, generator), dataset)
+        y = train.labels[idx]
+        with _autocast(device):
+            loss = F.cross_entropy(network(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += len(idx)
+        if progress is not None:
+            last_loss = float(loss)
+            progress(seen, total)
+    if progress is None and seen:
+        last_loss = float(loss)
+    return FineTuneResult(seen, time.perf_counter() - start, last_loss)
+
+
+def evaluate(network: Network, split: Split, dataset: Dataset, *, device: torch.device,
+             batch_size: int = 256) -> tuple[float, float]:
+    """(accuracy, mean loss) under inference_mode."""
+    network.eval()
+    correct, loss_sum = 0, 0.0
+    with torch.inference_mode(), _autocast(device):
+        for idx in batches(len(split), batch_size, None):
+            idx = idx.to(split.images.device)
+            logits = network(_inputs(split.images[idx], dataset)).float()
+            y = split.labels[idx]
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+    n = max(len(split), 1)
+    return correct / n, loss_sum / n
+
+
+@dataclass
+class ScratchResult:
+    val_accuracy: float
+    val_loss: float
+    test_accuracy: float | None
+    examples_seen: int
+    seconds: float
+
+
+def train_from_scratch(network: Network, dataset: Dataset, *, device: torch.device,
+                       epochs: float, lr: float = 0.05, batch_size: int = 64,
+                       momentum: float = 0.9, weight_decay: float = 3e-4,
+                       aux_weight: float = 0.4, drop_path: float = 0.0, cutout: int = 0,
+                       train_subset: int | None = None, val_examples: int | None = None,
+                       test: bool = False, generator: torch.Generator | None = None,
+                       progress: Progress | None = None,
+                       stop: threading.Event | None = None) -> ScratchResult:
+    """The full recipe: cosine learning rate, auxiliary head, drop-path ramped linearly
+    to its target, optional cutout; test accuracy when asked."""
+    from dataclasses import replace
+    start = time.perf_counter()
+    train = dataset.train.head(train_subset)
+    total = max(1, int(round(epochs * len(train))))
+    aug = replace(dataset.augment, cutout=cutout)
+    optimizer = torch.optim.SGD(network.parameters(), lr=lr, momentum=momentum,
+                                weight_decay=weight_decay, nesterov=momentum > 0)
+    steps = math.ceil(total / batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    network.train()
+    seen = 0
+    for idx in batches(len(train), batch_size, generator, examples=total):
+        if stop is not None and stop.is_set():
+            raise TrainingStopped(f"stopped after {seen} examples")
+        network.drop_prob = drop_path * seen / total
+        idx = idx.to(train.images.device)
+        x = _inputs(augment_batch(train.images[idx], aug, generator), dataset)
+        y = train.labels[idx]
+        with _autocast(device):
+            logits, aux = network.forward_with_aux(x)
+            loss = F.cross_entropy(logits, y)
+            if aux is not None and aux_weight:
+                loss = loss + aux_weight * F.cross_entropy(aux, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 5.0)
+        optimizer.step()
+        schedule.step()
+        seen += len(idx)
+        if progress is not None:
+            progress(seen, total)
+    network.drop_prob = 0.0
+    val_acc, val_loss = evaluate(network, dataset.val.head(val_examples), dataset,
+                                 device=device)
+    test_acc = evaluate(network, dataset.test, dataset, device=device)[0] if test else None
+    return ScratchResult(val_acc, val_loss, test_acc, seen, time.perf_counter() - start)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else (os.cpu_count() or 1))

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from renas_db.errors import CheckpointError
+from renas_db.inherit import inherit, param_groups
+from renas_db.network import Network, spec_for
+from renas_db.space import Action, parse
+
+SPEC = spec_for("fashion-mnist", cells=1, filters=4, auxiliary=True)
+
+
+def _parent():
+    torch.manual_seed(0)
+    g = parse("renasnet")
+    net = Network(g, SPEC)
+    with torch.no_grad():  # make BN statistics non-trivial so copies are visible
+        for name, buf in net.named_buffers():
+            if buf.dtype.is_floating_point:
+                buf.uniform_(0.5, 1.5)
+    return g, net
+
+
+def test_identical_child_inherits_everything_and_matches_outputs():
+    g, parent = _parent()
+    child = Network(g, SPEC)
+    report = inherit(g, parent.state_dict(), child)
+    assert report.new == [] and report.partial == []
+    assert report.fraction_inherited == 1.0
+    parent.eval()
+    child.eval()
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(parent(x), child(x))
+
+
+def test_one_op_child_keeps_everything_outside_the_node():
+    g, parent = _parent()
+    child_g = g.apply([Action(0, "op2", 2)])  # block 0 pair 1: sep3 -> sep7
+    torch.manual_seed(1)
+    child = Network(child_g, SPEC)
+    fresh = {k: v.clone() for k, v in child.state_dict().items()}
+    report = inherit(g, parent.state_dict(), child)
+    node = [f"cells.{i}.blocks.0.op2." for i in range(len(child.cells))]
+    pstate, cstate = parent.state_dict(), child.state_dict()
+    expected_new = sorted(n for n, _ in child.named_parameters()
+                          if any(n.startswith(p) for p in node))
+    assert sorted(report.new) == expected_new and expected_new
+    assert report.partial == []
+    for k, v in cstate.items():
+        if any(k.startswith(p) for p in node):
+            assert torch.equal(v, fresh[k]), k           # freshly initialised
+        else:
+            assert torch.equal(v, pstate[k]), k          # inherited
+    groups = {g_["name"]: g_ for g_ in param_groups(child, report, 0.01, 0.001)}
+    assert groups["new"]["lr"] == 0.01 and groups["inherited"]["lr"] == 0.001
+    assert len(groups["new"]["params"]) == len(expected_new)
+
+
+def test_loose_end_change_keeps_projection_slices():
+    g, parent = _parent()
+    # block 4 now reads block 2 instead of block 0: block 0 becomes a loose end and
+    # block 2 stops being one
+    child_g = g.apply([Action(4, "in1", 4), Action(4, "in2", 4)])
+    assert g.loose_ends() == [1, 2, 3, 4] and child_g.loose_ends() == [0, 1, 3, 4]
+    child = Network(child_g, SPEC)
+    report = inherit(g, parent.state_dict(), child)
+    assert "classifier.weight" in report.partial
+    pw, cw = parent.state_dict()["classifier.weight"], child.state_dict()["classifier.weight"]
+    width = pw.shape[1] // 4
+    for k_child, block in enumerate(child_g.loose_ends()):
+        if block in g.loose_ends():
+            k_parent = g.loose_ends().index(block)
+            assert torch.equal(cw[:, k_child * width:(k_child + 1) * width],
+                               pw[:, k_parent * width:(k_parent + 1) * width]), block
+    name = "cells.1.preprocess1.conv.weight"
+    assert name in report.partial
+    pw, cw = parent.state_dict()[name], child.state_dict()[name]
+    w = pw.shape[1] // 4
+    assert torch.equal(cw[:, 2 * w:], pw[:, 2 * w:])  # blocks 3 and 4 carried over
+    assert torch.equal(cw[:, w:2 * w], pw[:, :w])      # block 1 moved one slot right
+
+
+def test_state_that_disagrees_with_its_genotype_is_an_error():
+    g, parent = _parent()
+    other = parse("0 sep3 + 0 sep3 | 0 sep3 + 0 sep3 | 0 sep3 + 0 sep3 | 0 sep3 + 0 sep3 "
+                  "| 0 sep3 + 0 sep3")
+    with pytest.raises(CheckpointError, match="does not match its genotype"):
+        inherit(other, parent.state_dict(), Network(g, SPEC))

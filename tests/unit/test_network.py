@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from renas_db.network import (Network, NetworkSpec, count_mult_adds, count_parameters,
+                              spec_for)
+from renas_db.space import parse, random_genotype
+
+
+@pytest.mark.parametrize("size, channels", [(28, 1), (32, 3)])
+def test_110_random_genotypes_forward_backward(size, channels):
+    rng = random.Random(size)
+    torch.manual_seed(size)
+    for i in range(110):
+        g = random_genotype(rng.randint(1, 5), rng)
+        spec = NetworkSpec(in_channels=channels, image_size=size, cells=1, filters=2,
+                           stem_multiplier=1, auxiliary=i % 3 == 0, dropout=0.1)
+        net = Network(g, spec)
+        net.drop_prob = 0.2 if i % 2 else 0.0
+        net.train()
+        logits, aux = net.forward_with_aux(torch.randn(2, channels, size, size))
+        assert logits.shape == (2, 10)
+        assert (aux is not None) == spec.auxiliary
+        loss = logits.sum() + (aux.sum() if aux is not None else 0)
+        loss.backward()
+        assert torch.isfinite(logits).all()
+        for name, p in net.named_parameters():
+            assert p.grad is not None, (g.to_text(), name)
+            assert torch.isfinite(p.grad).all()
+
+
+def test_reduction_halves_size_and_doubles_channels():
+    g = parse("renasnet")
+    net = Network(g, spec_for("cifar10", cells=1, filters=4))
+    x = net.stem(torch.randn(2, 3, 32, 32))
+    shapes = []
+    s0 = s1 = x
+    for cell in net.cells:
+        s0, s1 = s1, cell(s0, s1)
+        shapes.append((cell.reduction, s1.shape[1] // len(g.loose_ends()), s1.shape[2]))
+    assert shapes == [(False, 4, 32), (True, 8, 16), (False, 8, 16), (True, 16, 8),
+                      (False, 16, 8)]
+
+
+def test_module_names_are_descriptive():
+    net = Network(parse("renasnet"), spec_for("cifar10", cells=1, filters=4, auxiliary=True))
+    names = dict(net.named_parameters())
+    assert "cells.0.blocks.0.op1.depthwise1.weight" in names
+    assert "cells.2.preprocess0.conv_1.weight" in names  # after a reduction
+    assert "auxiliary_head.conv1.weight" in names and "classifier.weight" in names
+
+
+def test_renasnet_paper_sizes(capsys):
+    g = parse("renasnet")
+    cifar = count_parameters(Network(g, spec_for("cifar10", cells=6, filters=32,
+                                                 auxiliary=True)))
+    imagenet_net = Network(g, spec_for("imagenet", cells=4, filters=44))
+    imagenet = count_parameters(imagenet_net)
+    madds = count_mult_adds(imagenet_net)
+    with capsys.disabled():
+        print(f"\nRENASNet CIFAR-10 N=6 F=32: {cifar / 1e6:.2f}M params (paper 3.5M); "
+              f"ImageNet-mobile N=4 F=44: {imagenet / 1e6:.2f}M params (paper 5.36M), "
+              f"{madds / 1e6:.0f}M mult-adds (paper 580M)")
+    assert abs(cifar - 3.5e6) / 3.5e6 < 0.05
+    assert abs(imagenet - 5.36e6) / 5.36e6 < 0.05
+    assert abs(madds - 580e6) / 580e6 < 0.05
