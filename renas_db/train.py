@@ -90,10 +90,10 @@ def fine_tune(network: Network, param_groups: list[dict], dataset: Dataset, *,
         optimizer.step()
         seen += len(idx)
         if progress is not None:
-            last_loss = float(loss)
+            last_loss = float(loss.detach())
             progress(seen, total)
     if progress is None and seen:
-        last_loss = float(loss)
+        last_loss = float(loss.detach())
     return FineTuneResult(seen, time.perf_counter() - start, last_loss)
 
 

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 
 from tests.pgcluster import ThrowawayCluster
 
-PG_ADMIN_URL = os.environ.get("RENAS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+PG_ADMIN_URL = os.environ.get("RENAS_TEST_PG",
+                              "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 _pg_state: dict = {}
 
 

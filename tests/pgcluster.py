@@ -45,7 +45,7 @@ class ThrowawayCluster:
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
 
     def init(self) -> "ThrowawayCluster":
         self._run(f"{self.bin}/initdb", "-D", self.data, "-U", "postgres", "--auth=trust",

@@ -43,6 +43,10 @@ class Store:
         except ArgumentError:
             raise ConfigError(f"not a database URL: {self.masked_url}") from None
         self.dialect = parsed.get_backend_name()
+        if self.dialect == "postgresql" and parsed.drivername == "postgresql":
+            # psycopg2-binary is the driver we ship; be explicit whatever the default is
+            self.url = parsed.set(drivername="postgresql+psycopg2").render_as_string(
+                hide_password=False)
         if self.dialect not in ("sqlite", "postgresql"):
             raise ConfigError(f"unsupported database {self.dialect!r} in {self.masked_url} "
                               "(use sqlite:///FILE or postgresql://...)")

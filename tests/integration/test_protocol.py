@@ -1,0 +1,172 @@
+"""The claim/commit protocol in-process, on both back ends."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import select, update
+
+from renas_db import searches
+from renas_db.config import SearchConfig
+from renas_db.db import queries, snapshots
+from renas_db.db.models import Individual, Job
+from renas_db.db.reports import check_invariants, search_status
+from renas_db.errors import AlreadyExistsError, LeaseLost, NotFoundError, StateError
+from renas_db.space import parse
+
+
+def _config(tmp_path, **kw):
+    base = dict(population=4, sample=2, steps=3, mutator="random", blocks=3,
+                lease_seconds=30.0, checkpoint_root=str(tmp_path / "ck"))
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def _result(job, fitness, **kw):
+    g = parse(job.genotype or job.parent.genotype)
+    return queries.JobResult(genotype=g.to_text(), arch_hash=g.arch_hash(), fitness=fitness,
+                             val_loss=0.1, checkpoint_uri=f"{job.search_name}/{job.id}.pt",
+                             checkpoint_sha256="0" * 64, examples_seen=10, train_seconds=1.0,
+                             **kw)
+
+
+def _fill_population(store, sid, wid, fits=(0.1, 0.2, 0.3, 0.4)):
+    for f in fits:
+        job = queries.claim(store, sid, wid)
+        assert job.kind == "init"
+        queries.commit_job(store, job, _result(job, f), wid)
+
+
+def test_create_search_and_duplicates(store, tmp_path):
+    sid = searches.create(store, "s", _config(tmp_path))
+    with pytest.raises(AlreadyExistsError):
+        searches.create(store, "s", _config(tmp_path))
+    rows = queries.list_searches(store)
+    assert rows[0]["name"] == "s" and rows[0]["status"] == "created"
+    with store.transaction() as s:
+        jobs = s.scalars(select(Job).where(Job.search_id == sid)).all()
+        assert [j.kind for j in jobs] == ["init"] * 4
+    # the same seed gives the same initial population
+    assert searches.initial_genotypes(_config(tmp_path)) == \
+        [j.genotype for j in jobs]
+    with pytest.raises(NotFoundError, match="no search named 'nope'"):
+        queries.set_search_status(store, "nope", "paused")
+
+
+def test_full_search_lifecycle_and_invariants(store, tmp_path):
+    sid = searches.create(store, "s", _config(tmp_path))
+    wid = queries.register_worker(store, "h", 1, "cpu")
+    _fill_population(store, sid, wid)
+    for step in range(3):
+        job = queries.claim(store, sid, wid)
+        assert job.kind == "step" and job.step_index == step
+        assert job.parent.id in job.sample and job.victim_id in job.sample
+        queries.commit_job(store, job, _result(job, 0.9), wid)
+    assert queries.claim(store, sid, wid) is None
+    st = search_status(store, "s")
+    assert st["status"] == "finished" and st["steps_done"] == 3 and st["alive"] == 4
+    problems = check_invariants(store, "s")
+    assert [p for p in problems if not p.startswith("4:")] == []  # fake checkpoints
+
+
+def test_commit_is_fenced_and_applied_once(store, tmp_path):
+    sid = searches.create(store, "s", _config(tmp_path))
+    wid = queries.register_worker(store, "h", 1, "cpu")
+    job = queries.claim(store, sid, wid)
+    child = queries.commit_job(store, job, _result(job, 0.5), wid)
+    # a retry after a lost acknowledgement finds the applied result
+    assert queries.commit_job(store, job, _result(job, 0.5), wid) == child
+    other = queries.claim(store, sid, wid)
+    stale = queries.ClaimedJob(**{**other.__dict__, "lease_token": "f" * 32})
+    with pytest.raises(LeaseLost):
+        queries.commit_job(store, stale, _result(other, 0.5), wid)
+    assert not queries.heartbeat(store, other.id, "f" * 32, wid)
+    assert queries.heartbeat(store, other.id, other.lease_token, wid)
+
+
+def test_expired_lease_is_requeued_then_dead(store, tmp_path):
+    sid = searches.create(store, "s", _config(tmp_path, lease_seconds=1.0, max_attempts=2))
+    wid = queries.register_worker(store, "h", 1, "cpu")
+    first = queries.claim(store, sid, wid)
+    time.sleep(1.3)
+    second = queries.claim(store, sid, wid)   # the sweep requeues it; the oldest is taken
+    assert second.id == first.id and second.attempt == 2
+    with pytest.raises(LeaseLost):
+        queries.commit_job(store, first, _result(first, 0.5), wid)
+    time.sleep(1.3)
+    assert queries.recover(store, "s")["requeued_or_dead"] == 1
+    with store.transaction() as s:
+        state = s.scalar(select(Job.state).where(Job.id == first.id))
+    assert state == "dead"   # an init job dead after max attempts fails the search
+    assert search_status(store, "s")["status"] == "failed"
+
+
+def test_fail_and_release(store, tmp_path):
+    sid = searches.create(store, "s", _config(tmp_path, max_attempts=3))
+    wid = queries.register_worker(store, "h", 1, "cpu")
+    job = queries.claim(store, sid, wid)
+    assert queries.fail_job(store, job, "boom") == "queued"
+    again = queries.claim(store, sid, wid)
+    assert again.id == job.id and again.attempt == 2
+    queries.release_job(store, again)
+    third = queries.claim(store, sid, wid)
+    assert third.id == job.id and third.attempt == 2     # a release is not an attempt
+    with store.transaction() as s:
+        assert s.scalar(select(Job.error).where(Job.id == job.id)) is not None
+
+
+def test_pause_resume_and_victim_reservation(store, tmp_path):
+    sid = searches.create(store, "s", _config(tmp_path, population=4, sample=2, steps=10))
+    wid = queries.register_worker(store, "h", 1, "cpu")
+    _fill_population(store, sid, wid)
+    queries.set_search_status(store, "s", "paused")
+    assert queries.claim(store, sid, wid) is None
+    with pytest.raises(StateError):
+        queries.set_search_status(store, "s", "paused")
+    queries.set_search_status(store, "s", "running")
+    a = queries.claim(store, sid, wid)
+    b = queries.claim(store, sid, wid)
+    assert a.victim_id != b.victim_id
+    assert b.victim_id not in a.sample or a.victim_id not in b.sample
+    # 4 alive, 2 reserved as victims: a third step cannot draw 2 from the 2 left... it can
+    c = queries.claim(store, sid, wid)
+    assert c is not None and c.victim_id not in (a.victim_id, b.victim_id)
+    assert queries.claim(store, sid, wid) is None        # only 1 unreserved left < S
+
+
+def test_controller_update_is_optimistic(store, tmp_path):
+    cfg = _config(tmp_path, mutator="renas")
+    sid = searches.create(store, "s", cfg)
+    wid = queries.register_worker(store, "h", 1, "cpu")
+    _fill_population(store, sid, wid)
+    job = queries.claim(store, sid, wid)
+    queries.commit_job(store, job, _result(job, 0.7, mutation=[[0, "op1", 1]],
+                                           controller_version=0, log_prob=-3.0,
+                                           reward=1.9), wid)
+    eps = snapshots.unconsumed_episodes(store, sid)
+    assert len(eps) == 1 and eps[0].parent_genotype == job.parent.genotype
+    version, state, _ = snapshots.latest_snapshot(store, sid)
+    assert version == 0
+    assert snapshots.save_update(store, sid, 0, state, [eps[0].id], episodes_seen=1,
+                                 mean_reward=1.9, baseline=1.9, stats={})
+    # a loser writing the same version, or consuming a consumed episode, changes nothing
+    assert not snapshots.save_update(store, sid, 0, state, [eps[0].id], episodes_seen=1,
+                                     mean_reward=1.9, baseline=1.9, stats={})
+    assert not snapshots.save_update(store, sid, 1, state, [eps[0].id], episodes_seen=1,
+                                     mean_reward=1.9, baseline=1.9, stats={})
+    assert snapshots.latest_version(store, sid) == 1
+    assert snapshots.unconsumed_episodes(store, sid) == []
+
+
+def test_gc_candidates_exclude_parents_of_pending_jobs(store, tmp_path):
+    sid = searches.create(store, "s", _config(tmp_path, steps=10))
+    wid = queries.register_worker(store, "h", 1, "cpu")
+    _fill_population(store, sid, wid)
+    a = queries.claim(store, sid, wid)
+    queries.commit_job(store, a, _result(a, 0.95), wid)
+    assert queries.collectable_checkpoints(store, sid, [a.victim_id]) == \
+        [(a.victim_id, f"s/{a.victim_id}.pt")]
+    queries.mark_collected(store, [a.victim_id])
+    assert queries.collectable_checkpoints(store, sid, [a.victim_id]) == []
+    live = queries.live_checkpoints(store, sid)
+    assert len(live) == 4

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from renas_db.checkpoints import CheckpointStore
+from renas_db.errors import CheckpointError
+
+
+def test_round_trip(tmp_path):
+    store = CheckpointStore(tmp_path)
+    state = {"w": torch.randn(3, 3)}
+    sha = store.save("s/1-abc.pt", {"genotype": "g", "state": state})
+    payload = store.load("s/1-abc.pt", sha)
+    assert torch.equal(payload["state"]["w"], state["w"]) and payload["genotype"] == "g"
+    assert store.verify("s/1-abc.pt", sha)
+    assert [p.name for p in (tmp_path / "s").iterdir()] == ["1-abc.pt"]
+
+
+def test_tampered_and_code_carrying_files_are_refused(tmp_path):
+    store = CheckpointStore(tmp_path)
+    sha = store.save("s/a.pt", {"state": {"w": torch.zeros(4)}})
+    path = tmp_path / "s" / "a.pt"
+    data = bytearray(path.read_bytes())
+    data[-30] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        store.load("s/a.pt", sha)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    evil = tmp_path / "s" / "evil.pt"
+    torch.save({"format": "renas-checkpoint-1", "x": Evil()}, evil)
+    with pytest.raises(CheckpointError, match="carries code"):
+        store.load("s/evil.pt", None)
+    evil.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointError):
+        store.load("s/evil.pt", None)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="missing"):
+        store.load("s/none.pt", None)
+    with pytest.raises(CheckpointError, match="relative"):
+        store.load("../../etc/passwd", None)
+
+
+CRASH = """
+import os, sys, torch
+from renas_db import checkpoints
+real_replace = os.replace
+def hang(src, dst):
+    print("WRITTEN", flush=True)
+    import time; time.sleep(60)
+checkpoints.os.replace = hang
+checkpoints.CheckpointStore(sys.argv[1]).save("s/7-deadbeef.pt", {"state": {"w": torch.zeros(1000)}})
+"""
+
+
+def test_crash_between_temp_write_and_rename_leaves_nothing_readable(tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", CRASH, str(tmp_path)], stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "WRITTEN"
+    p.kill()
+    p.wait()
+    store = CheckpointStore(tmp_path)
+    files = os.listdir(tmp_path / "s")
+    assert len(files) == 1 and files[0].startswith(".tmp-")
+    with pytest.raises(CheckpointError, match="missing"):
+        store.load("s/7-deadbeef.pt", None)
+    assert store.collect("s", keep=[], grace_seconds=3600) == []   # young: kept
+    old = time.time() - 7200
+    os.utime(tmp_path / "s" / files[0], (old, old))
+    assert store.collect("s", keep=[], grace_seconds=3600) == [files[0]]
+
+
+def test_collect_keeps_the_keep_set_and_young_files(tmp_path):
+    store = CheckpointStore(tmp_path)
+    for name in ("a", "b", "c"):
+        store.save(f"s/{name}.pt", {"state": {}})
+    old = time.time() - 7200
+    for name in ("a", "b"):
+        os.utime(tmp_path / "s" / f"{name}.pt", (old, old))
+    removed = store.collect("s", keep=["s/a.pt"], grace_seconds=3600)
+    assert removed == ["b.pt"]
+    assert sorted(os.listdir(tmp_path / "s")) == ["a.pt", "c.pt"]
