@@ -52,9 +52,9 @@ class Heartbeat:
     """Renews the lease every interval from its own connection. Zero rows updated means
     the lease is lost: `lost` and the training stop flag are set."""
 
-    def __init__(self, url: str, job: ClaimedJob, worker_id: int, interval: float,
+    def __init__(self, store: Store, job: ClaimedJob, worker_id: int, interval: float,
                  stop_training: threading.Event) -> None:
-        self.store = Store(url, pool_size=1)
+        self.store = store
         self.job, self.worker_id, self.interval = job, worker_id, interval
         self.stop_training = stop_training
         self.lost = threading.Event()
@@ -67,8 +67,7 @@ class Heartbeat:
 
     def __exit__(self, *exc: object) -> None:
         self._done.set()
-        self._thread.join(timeout=30)
-        self.store.dispose()
+        self._thread.join(timeout=60)
 
     def _run(self) -> None:
         while not self._done.wait(self.interval):
@@ -104,6 +103,8 @@ class Worker:
                  progress_factory: Callable[[ClaimedJob], Callable[[int, int], None] | None]
                  | None = None) -> None:
         self.store = store
+        # the heartbeat thread's own engine: a stuck main connection cannot starve it
+        self.heartbeat_store = Store(store.url, pool_size=1)
         self.options = options
         self.timings = Timings()
         self.stop_requested = threading.Event()
@@ -198,7 +199,7 @@ class Worker:
                  job.search_name, job.attempt)
         interval = min(job.config.lease_seconds / 4, 10.0)
         progress = self.progress_factory(job) if self.progress_factory else None
-        with Heartbeat(self.store.url, job, self.worker_id, interval,
+        with Heartbeat(self.heartbeat_store, job, self.worker_id, interval,
                        self.stop_training) as beat:
             try:
                 result = self.executor.run(job, progress, self.stop_training)

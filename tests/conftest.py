@@ -57,6 +57,10 @@ def pytest_report_header(config):  # type: ignore[no-untyped-def]
 
 
 def pytest_sessionfinish(session, exitstatus):  # type: ignore[no-untyped-def]
+    for name in _pg_state.get("created", []):
+        drop_pg(_url_for(name))
+    if _pg_state.get("template"):
+        drop_pg(_url_for(_pg_state["template"]))
     cluster = _pg_state.get("cluster")
     if cluster is not None:
         cluster.destroy()

@@ -1,0 +1,89 @@
+"""The CLI as users meet it: help, one-line errors, search management."""
+from __future__ import annotations
+
+import json
+
+import click
+import pytest
+
+from renas_db.cli.main import cli
+from tests.helpers import assert_one_line_error, run_cli
+
+
+def _walk(group: click.Group, prefix: tuple[str, ...] = ()):
+    for name, cmd in group.commands.items():
+        yield prefix + (name,), cmd
+        if isinstance(cmd, click.Group):
+            yield from _walk(cmd, prefix + (name,))
+
+
+def test_every_command_has_help_with_an_example():
+    commands = list(_walk(cli))
+    assert len(commands) >= 12
+    for path, cmd in commands:
+        text = cmd.help or ""
+        assert len(text.strip()) > 20, path
+        assert "Example: renas-db" in text, path
+
+
+def test_search_commands_end_to_end(db_url, tmp_path):
+    r = run_cli("search", "create", "s1", "--population", "4", "--sample", "2", "--steps",
+                "5", "--mutator", "random", db_url=db_url, cwd=str(tmp_path))
+    assert r.code == 0, r.err
+    assert_one_line_error(run_cli("search", "create", "s1", db_url=db_url, cwd=str(tmp_path)),
+                          "exists already")
+    r = run_cli("search", "list", "--json", db_url=db_url, cwd=str(tmp_path))
+    rows = json.loads(r.out)
+    assert rows[0]["name"] == "s1" and rows[0]["status"] == "created"
+    r = run_cli("search", "show", "s1", "--json", db_url=db_url, cwd=str(tmp_path))
+    assert json.loads(r.out)["config"]["population"] == 4
+    assert run_cli("search", "pause", "s1", db_url=db_url).code == 0
+    assert_one_line_error(run_cli("search", "pause", "s1", db_url=db_url), "cannot pause")
+    assert run_cli("search", "resume", "s1", db_url=db_url).code == 0
+    assert_one_line_error(run_cli("search", "show", "nope", db_url=db_url),
+                          "no search named 'nope'")
+    assert_one_line_error(run_cli("status", "nope", db_url=db_url), "no search named")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["search", "create", "x", "--population", "1"], "population must be between"),
+    (["search", "create", "x", "--population", "3", "--sample", "4"], "must not exceed"),
+    (["search", "create", "x", "--mutator", "genetic"], "Invalid value for '--mutator'"),
+    (["search", "create", "x", "--config", "/nonexistent.toml"], "config file not found"),
+    (["search", "frobnicate"], "No such command"),
+    (["worker", "--gpu", "0", "--cpu"], "not both"),
+])
+def test_bad_input_is_one_line(args, needle, tmp_path):
+    r = run_cli(*args, db_url=f"sqlite:///{tmp_path / 'x.sqlite'}")
+    assert_one_line_error(r, needle)
+
+
+def test_unreachable_database_never_prints_the_password(tmp_path):
+    url = "postgresql://alice:s3cret-pw@127.0.0.1:1/renas"
+    r = run_cli("search", "list", db_url=url)
+    assert_one_line_error(r, "cannot reach the database", "alice:***@127.0.0.1")
+    assert "s3cret-pw" not in r.out + r.err
+    r = run_cli("--db", url, "--debug", "search", "list")
+    assert r.code == 1 and "Traceback" in r.err     # --debug brings the traceback back
+    assert_one_line_error(run_cli("search", "list", db_url="mysql://u:pw@h/d"),
+                          "unsupported database")
+    assert_one_line_error(run_cli("search", "list", db_url="not a url"), "not a database URL")
+
+
+def test_schema_missing_or_outdated_says_what_to_run(pg_url, tmp_path):
+    import sqlalchemy as sa
+    from tests.conftest import new_pg_url
+    empty = new_pg_url(migrated=False)
+    assert_one_line_error(run_cli("search", "list", db_url=empty), "renas-db db upgrade")
+    r = run_cli("db", "current", db_url=empty)
+    assert r.code == 0 and "empty" in r.out
+    assert run_cli("db", "upgrade", db_url=empty).code == 0
+    assert "up to date" in run_cli("db", "current", db_url=empty).out
+    eng = sa.create_engine(empty)
+    with eng.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    eng.dispose()
+    assert_one_line_error(run_cli("search", "list", db_url=empty), "newer than this renas-db")
+    # a brand-new SQLite file is upgraded by itself
+    r = run_cli("search", "list", db_url=f"sqlite:///{tmp_path / 'fresh.sqlite'}")
+    assert r.code == 0, r.err
