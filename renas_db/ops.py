@@ -43,18 +43,23 @@ class SepConv(nn.Module):
 
 
 class FactorizedReduce(nn.Module):
-    """Halve the spatial size with two offset 1x1 stride-2 convolutions, concatenated."""
+    """Halve the spatial size with two offset 1x1 stride-2 convolutions, concatenated.
+
+    The stride is taken by subsampling before a stride-1 1x1 conv (the same function):
+    torch 2.14's CPU stride-2 1x1 conv corrupts the heap in backward for channels_last
+    inputs with few output channels (reproduced: 4 -> 2 channels, 8x8)."""
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
-        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, stride=2, bias=False)
+        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
+        self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(x)
         shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+        return self.bn(torch.cat([self.conv_1(x[:, :, ::2, ::2]),
+                                  self.conv_2(shifted[:, :, ::2, ::2])], dim=1))
 
 
 class Pool(nn.Module):
