@@ -144,6 +144,7 @@ def run_cmd(app: AppContext, name: str, n_workers: int, threads: int | None,
     env = dict(os.environ)
     env["RENAS_DB_URL"] = store.url  # through the environment: never on a command line
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env["PYTHONSAFEPATH"] = "1"  # `-m` must not import a checkout in the current folder
     devices = _local_devices(n_workers)
     cpu_workers = sum(1 for d in devices if d == "cpu")
     per = threads or max(1, (os.cpu_count() or 1) // max(cpu_workers, 1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -11,6 +12,9 @@ from typing import Callable
 TINY = ["--dataset", "synthetic", "--cells", "1", "--filters", "4", "--blocks", "3",
         "--init-epochs", "0.05", "--init-lr", "0.2", "--train-subset", "2000",
         "--finetune-examples", "128", "--val-examples", "200", "--batch-size", "32"]
+
+
+NEUTRAL_CWD = tempfile.gettempdir()
 
 
 @dataclass
@@ -26,6 +30,9 @@ def cli_env(db_url: str | None, **extra: str) -> dict[str, str]:
     if db_url:
         env["RENAS_DB_URL"] = db_url
     env["OMP_NUM_THREADS"] = "1"
+    # `python -m` would put the current folder first on sys.path: from a checkout that
+    # shadows the installed package (which alone has renas_db.cli)
+    env["PYTHONSAFEPATH"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
@@ -37,7 +44,7 @@ def cli_command(*args: str) -> list[str]:
 
 def run_cli(*args: str, db_url: str | None = None, cwd: str | None = None,
             timeout: float = 300, env: dict[str, str] | None = None) -> Result:
-    p = subprocess.run(cli_command(*args), env=env or cli_env(db_url), cwd=cwd,
+    p = subprocess.run(cli_command(*args), env=env or cli_env(db_url), cwd=cwd or NEUTRAL_CWD,
                        capture_output=True, text=True, timeout=timeout)
     return Result(p.returncode, p.stdout, p.stderr)
 

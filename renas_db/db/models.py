@@ -109,6 +109,7 @@ class Individual(Base):
         Index("ix_individuals_search_id_alive", "search_id", "alive"),
         Index("ix_individuals_search_id_arch_hash", "search_id", "arch_hash"),
         Index("ix_individuals_parent_id", "parent_id"),
+        Index("ix_individuals_removed_by_job_id", "removed_by_job_id"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     search_id: Mapped[int] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
@@ -164,7 +165,8 @@ class ControllerSnapshot(Base):
 
 class Event(Base):
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_search_id_id", "search_id", "id"),)
+    __table_args__ = (Index("ix_events_search_id_id", "search_id", "id"),
+                      Index("ix_events_worker_id", "worker_id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     search_id: Mapped[int | None] = mapped_column(
         ForeignKey("searches.id", ondelete="CASCADE"))

@@ -87,3 +87,21 @@ def test_schema_missing_or_outdated_says_what_to_run(pg_url, tmp_path):
     # a brand-new SQLite file is upgraded by itself
     r = run_cli("search", "list", db_url=f"sqlite:///{tmp_path / 'fresh.sqlite'}")
     assert r.code == 0, r.err
+
+
+def test_history_commands_errors_and_formats(db_url, tmp_path):
+    r = run_cli("search", "create", "h", "--population", "2", "--sample", "2",
+                "--mutator", "random", db_url=db_url)
+    assert r.code == 0, r.err
+    assert_one_line_error(run_cli("sql", "DELETE FROM searches", db_url=db_url),
+                          "only read-only queries")
+    r = run_cli("sql", "SELECT name, status FROM searches", "--csv", db_url=db_url)
+    assert r.code == 0 and r.out.splitlines() == ["name,status", "h,created"]
+    r = run_cli("sql", "SELECT name FROM searches", "--json", db_url=db_url)
+    assert json.loads(r.out) == [{"name": "h"}]
+    assert_one_line_error(run_cli("show", "999", db_url=db_url), "no individual with id 999")
+    assert_one_line_error(run_cli("lineage", "999", db_url=db_url), "no individual")
+    assert_one_line_error(run_cli("export", "h", "-o", str(tmp_path / "x.json"),
+                                  db_url=db_url), "no evaluated individuals")
+    assert_one_line_error(run_cli("plot", "h", "-o", str(tmp_path / "x.gif"), db_url=db_url),
+                          "must end in .png")
