@@ -31,8 +31,14 @@ test: install
 demo: install $(FASHION)
 	bash docs/demo.sh
 
+# The quick versions of every benchmark (about 45 minutes on 2 cores); see docs/benchmarks.md.
 bench: install $(FASHION)
-	$(PY) bench/train_throughput.py --rounds 2 --images 640
+	$(PIP) install -q '.[bench]'
+	$(PY) bench/train_throughput.py
+	$(PY) bench/coordination.py --ks 1,2,4,8 --cycles 100
+	$(PY) bench/history_scaling.py --sizes 1000,10000,100000 --cycles 200
+	$(PY) bench/worker_overhead.py
+	$(PY) bench/search_quality.py --mode quick
 
 clean:
 	rm -rf build *.egg-info renas.sqlite* checkpoints demo-run

@@ -62,6 +62,8 @@ class SearchConfig:
     max_attempts: int = _f(3, "a job failing this many times is dead", lo=1, hi=1000)
     seed: int = _f(0, "search seed (initial population, tournaments, controller)",
                    lo=0, hi=2**31 - 1)
+    init_seed: int | None = _f(None, "seed of the initial population only (default: seed)",
+                               lo=0, hi=2**31 - 1, optional=True)
     checkpoint_root: str = _f("checkpoints", "folder of the checkpoint store")
     controller_hidden: int = _f(100, "controller embedding and LSTM hidden size", lo=1, hi=4096)
     controller_lr: float = _f(1e-3, "controller Adam learning rate", lo=0.0, hi=1.0)

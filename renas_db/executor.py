@@ -152,6 +152,35 @@ class TrainingExecutor:
             result.controller_version = proposal.controller_version
             result.log_prob = proposal.log_prob
             result.reward = controller_config(cfg).reward(fitness)
+        elif job.kind == RETRAIN:
+            from renas_db.data import load_dataset
+            from renas_db.retrain import RetrainRecipe
+            recipe = RetrainRecipe.from_dict(job.params or {})
+            genotype = space.parse(job.genotype)
+            dataset_name = recipe.dataset or cfg.dataset
+            data_dir = recipe.data_dir if recipe.dataset else cfg.data_dir
+            key = (dataset_name, data_dir)
+            if key not in self._datasets:
+                self._datasets[key] = load_dataset(dataset_name, data_dir).to(self.device)
+            data = self._datasets[key]
+            spec = spec_for(dataset_name, cells=recipe.cells or cfg.cells,
+                            filters=recipe.filters or cfg.filters,
+                            auxiliary=recipe.aux_weight > 0, dropout=recipe.dropout)
+            torch.manual_seed(recipe.seed)
+            with t.timed("build"):
+                network = prepare(Network(genotype, spec), self.device)
+            with t.timed("train"):
+                r = train_from_scratch(network, data, device=self.device, epochs=recipe.epochs,
+                                       lr=recipe.lr, batch_size=recipe.batch_size,
+                                       momentum=cfg.momentum, weight_decay=recipe.weight_decay,
+                                       aux_weight=recipe.aux_weight, drop_path=recipe.drop_path,
+                                       cutout=recipe.cutout, train_subset=recipe.train_subset,
+                                       test=True, generator=seeded_generator(recipe.seed),
+                                       progress=progress, stop=stop)
+            fitness, loss = r.val_accuracy, r.val_loss
+            result.test_accuracy = r.test_accuracy
+            result.examples_seen = r.examples_seen
+            result.train_seconds = r.seconds
         else:
             raise RenasError(f"job kind {job.kind!r} is not supported by this worker")
         result.genotype = genotype.to_text()

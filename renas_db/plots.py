@@ -9,14 +9,14 @@ from renas_db.errors import ConfigError
 from renas_db.space import SHORT, Genotype
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def pyplot():  # type: ignore[no-untyped-def]
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
-def _check_suffix(path: str) -> None:
+def check_suffix(path: str) -> None:
     if Path(path).suffix.lower() not in (".png", ".svg", ".pdf"):
         raise ConfigError(f"output must end in .png, .svg or .pdf: {path}")
 
@@ -24,8 +24,8 @@ def _check_suffix(path: str) -> None:
 def plot_progress(series: dict[str, dict[str, Any]], path: str) -> None:
     """One or more searches: mean +- std and best of the population, every child as a
     dot; the controller's mean reward underneath when there is one."""
-    _check_suffix(path)
-    plt = _pyplot()
+    check_suffix(path)
+    plt = pyplot()
     has_ctrl = any(d["controller_version"] for d in series.values())
     fig, axes = plt.subplots(2 if has_ctrl else 1, 1, figsize=(8, 7 if has_ctrl else 4.5),
                              squeeze=False)
@@ -63,8 +63,8 @@ def plot_progress(series: dict[str, dict[str, Any]], path: str) -> None:
 def draw_cell(genotype: Genotype, path: str, title: str | None = None) -> None:
     """Inputs c-2 and c-1 on the left, one node per block, ops on the edges, and the
     concatenation of the loose ends on the right."""
-    _check_suffix(path)
-    plt = _pyplot()
+    check_suffix(path)
+    plt = pyplot()
     B = genotype.n_blocks
     fig, ax = plt.subplots(figsize=(2.2 * B + 3, 4.5))
     pos: dict[int, tuple[float, float]] = {0: (0.0, 1.0), 1: (0.0, -1.0)}

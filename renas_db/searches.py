@@ -11,11 +11,12 @@ from renas_db.space import random_genotype
 
 def initial_genotypes(config: SearchConfig) -> list[str]:
     """P random genotypes; the same seed gives the same initial population."""
-    rng = random.Random(f"renas-init:{config.seed}")
+    seed = config.seed if config.init_seed is None else config.init_seed
+    rng = random.Random(f"renas-init:{seed}")
     return [random_genotype(config.blocks, rng).to_text() for _ in range(config.population)]
 
 
-def create(store: Store, name: str, config: SearchConfig) -> int:
+def create(store: Store, name: str, config: SearchConfig, study: str | None = None) -> int:
     if not name or len(name) > 200 or any(c.isspace() for c in name):
         from renas_db.errors import ConfigError
         raise ConfigError(f"search name must be 1-200 characters without spaces: {name!r:.60}")
@@ -23,4 +24,5 @@ def create(store: Store, name: str, config: SearchConfig) -> int:
     if config.mutator == "renas":
         from renas_db.controller import ControllerTrainer, controller_config
         snapshot0 = ControllerTrainer.fresh(controller_config(config), seed=config.seed).to_bytes()
-    return queries.create_search(store, name, config, initial_genotypes(config), snapshot0)
+    return queries.create_search(store, name, config, initial_genotypes(config), snapshot0,
+                                 study=study)

@@ -46,6 +46,9 @@ class WorkerSummary:
     controller_updates: int = 0
     wall_seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    # per job: kind, wall seconds from the start of its claim to the end of its commit,
+    # and the seconds of each phase (the overhead accounting of bench/worker_overhead.py)
+    jobs: list[dict[str, float | str]] = field(default_factory=list)
 
 
 class Heartbeat:
@@ -146,6 +149,8 @@ class Worker:
                         self.summary.jobs_done + self.summary.jobs_failed >= self.options.max_jobs:
                     reason = "max jobs reached"
                     break
+                t0 = time.perf_counter()
+                before = dict(self.timings.phases)
                 with self.timings.timed("claim"):
                     job, more = self._claim()
                 if job is None:
@@ -160,6 +165,9 @@ class Worker:
                     continue
                 self._run_job(job)
                 idle_since = time.monotonic()
+                after = self.timings.phases
+                self.summary.jobs.append({"kind": job.kind, "wall": time.perf_counter() - t0,
+                                          **{k: v - before.get(k, 0.0) for k, v in after.items()}})
             else:
                 reason = "stop signal"
         finally:
@@ -186,9 +194,10 @@ class Worker:
             job = retrying(lambda: queries.claim(self.store, sid, self.worker_id), "claim")
             if job is not None:
                 return job, True
-            state = retrying(lambda: queries.search_state(self.store, sid), "search state")
-            active = active or state in queries.ACTIVE or (
-                self.options.search is not None and state == queries.PAUSED)
+            more = retrying(lambda: queries.has_work(self.store, sid), "search state")
+            paused = self.options.search is not None and retrying(
+                lambda: queries.search_state(self.store, sid), "search state") == queries.PAUSED
+            active = active or more or paused
         return None, active
 
     def _run_job(self, job: ClaimedJob) -> None:

@@ -61,6 +61,7 @@ class Search(Base):
     checkpoint_root: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    study: Mapped[str | None] = mapped_column(String(200), index=True)
 
 
 class Worker(Base):
@@ -101,6 +102,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     error: Mapped[str | None] = mapped_column(Text)
+    params: Mapped[dict | None] = mapped_column(JSON)  # the retrain recipe
 
 
 class Individual(Base):

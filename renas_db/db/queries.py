@@ -54,6 +54,7 @@ class ClaimedJob:
     parent: ParentInfo | None = None
     victim_id: int | None = None
     sample: list[int] | None = None
+    params: dict[str, Any] | None = None   # the retrain recipe
 
 
 @dataclass
@@ -94,7 +95,7 @@ def get_search(session: Session, name: str) -> Search:
 
 
 def create_search(store: Store, name: str, config: SearchConfig, genotypes: Sequence[str],
-                  snapshot0: bytes | None) -> int:
+                  snapshot0: bytes | None, study: str | None = None) -> int:
     """The search row, its P init jobs and (for renas) controller snapshot 0, at once."""
     from renas_db.db.snapshots import insert_snapshot
     from renas_db.errors import AlreadyExistsError
@@ -102,7 +103,8 @@ def create_search(store: Store, name: str, config: SearchConfig, genotypes: Sequ
         if s.scalar(select(Search.id).where(Search.name == name)) is not None:
             raise AlreadyExistsError(f"a search named {name!r} exists already")
         search = Search(name=name, status=CREATED, config=config.to_dict(), seed=config.seed,
-                        checkpoint_root=config.checkpoint_root, created_at=db_now())
+                        checkpoint_root=config.checkpoint_root, created_at=db_now(),
+                        study=study)
         s.add(search)
         s.flush()
         for i, genotype in enumerate(genotypes):
@@ -191,8 +193,23 @@ def active_search_ids(store: Store, name: str | None) -> list[int]:
     with store.transaction(write=False) as s:
         if name is not None:
             return [get_search(s, name).id]
-        return list(s.scalars(select(Search.id).where(Search.status.in_(ACTIVE))
-                              .order_by(Search.id)))
+        retrain = select(Job.search_id).where(Job.kind == RETRAIN,
+                                              Job.state.in_((QUEUED, CLAIMED)))
+        return list(s.scalars(select(Search.id).where(
+            Search.status.in_(ACTIVE) | (Search.status == FINISHED) & Search.id.in_(retrain))
+            .order_by(Search.id)))
+
+
+def has_work(store: Store, search_id: int) -> bool:
+    """Whether a search may still hand out jobs (running, or retrain jobs pending)."""
+    with store.transaction(write=False) as s:
+        status = s.scalar(select(Search.status).where(Search.id == search_id))
+        if status in ACTIVE:
+            return True
+        if status != FINISHED:
+            return False
+        return bool(s.scalar(select(func.count()).where(
+            Job.search_id == search_id, Job.kind == RETRAIN, Job.state.in_((QUEUED, CLAIMED)))))
 
 
 def search_state(store: Store, search_id: int) -> str:
@@ -211,15 +228,18 @@ def claim(store: Store, search_id: int, worker_id: int) -> ClaimedJob | None:
     with store.transaction() as s:
         _lock_search(s, search_id)
         search = s.get(Search, search_id)
-        if search is None or search.status not in ACTIVE:
+        if search is None or search.status not in ACTIVE + (FINISHED,):
             return None
         config = SearchConfig.from_dict(search.config)
         _sweep(s, search, config)
-        if search.status not in ACTIVE:
+        # a finished search still hands out the retrain jobs queued on it
+        kinds = (INIT, STEP, RETRAIN) if search.status in ACTIVE else (RETRAIN,)
+        if search.status not in ACTIVE + (FINISHED,):
             return None
-        job = s.scalars(select(Job).where(Job.search_id == search_id, Job.state == QUEUED)
+        job = s.scalars(select(Job).where(Job.search_id == search_id, Job.state == QUEUED,
+                                          Job.kind.in_(kinds))
                         .order_by(Job.id).limit(1)).first()
-        if job is None:
+        if job is None and search.status in ACTIVE:
             job = _create_step(s, search, config)
         if job is None:
             _finish_if_complete(s, search, config)
@@ -235,7 +255,7 @@ def claim(store: Store, search_id: int, worker_id: int) -> ClaimedJob | None:
                              kind=job.kind, step_index=job.step_index,
                              attempt=job.attempt + 1, lease_token=token, config=config,
                              checkpoint_root=search.checkpoint_root, genotype=job.genotype,
-                             victim_id=job.victim_id, sample=job.sample)
+                             victim_id=job.victim_id, sample=job.sample, params=job.params)
         if job.parent_id is not None:
             p = s.get(Individual, job.parent_id)
             claimed.parent = ParentInfo(p.id, p.genotype, p.fitness, p.checkpoint_uri,
@@ -425,13 +445,15 @@ def collectable_checkpoints(store: Store, search_id: int,
 
 
 def live_checkpoints(store: Store, search_id: int) -> set[str]:
-    """Every checkpoint the search may still read: alive individuals and pending parents."""
+    """Every checkpoint the search keeps: alive individuals, retrained networks and the
+    parents of pending jobs."""
     with store.transaction(write=False) as s:
         needed = select(Job.parent_id).where(Job.search_id == search_id,
                                              Job.state.in_((QUEUED, CLAIMED)))
         rows = s.scalars(select(Individual.checkpoint_uri).where(
             Individual.search_id == search_id, Individual.checkpoint_uri.is_not(None),
-            (Individual.alive.is_(True)) | Individual.id.in_(needed)))
+            (Individual.alive.is_(True)) | (Individual.origin == RETRAIN)
+            | Individual.id.in_(needed)))
         return set(rows)
 
 
@@ -446,3 +468,62 @@ def describe_or_none(store: Store, name: str) -> dict[str, Any] | None:
     with store.transaction(write=False) as s:
         search = s.scalars(select(Search).where(Search.name == name)).one_or_none()
         return None if search is None else {"name": search.name, "status": search.status}
+
+
+def queue_retrain(store: Store, name: str, sources: Sequence[tuple[int | None, str]],
+                  params: dict[str, Any]) -> list[int]:
+    """Queue one retrain job per (source individual id, genotype)."""
+    with store.transaction() as s:
+        search = get_search(s, name)
+        if search.status == FAILED:
+            raise StateError(f"search {name!r} failed; nothing to retrain")
+        last = s.scalar(select(func.max(Job.step_index)).where(
+            Job.search_id == search.id, Job.kind == RETRAIN))
+        start = 0 if last is None else last + 1
+        jobs = []
+        for k, (source_id, genotype) in enumerate(sources):
+            job = Job(search_id=search.id, kind=RETRAIN, state=QUEUED, genotype=genotype,
+                      parent_id=source_id, step_index=start + k, attempt=0,
+                      max_attempts=search.config.get("max_attempts", 3), params=params,
+                      created_at=db_now())
+            s.add(job)
+            jobs.append(job)
+        s.flush()
+        event(s, "retrain queued", f"{len(jobs)} retrain jobs", search_id=search.id)
+        return [j.id for j in jobs]
+
+
+def retrain_sources(store: Store, name: str, top: int | None) -> list[tuple[int, str]]:
+    """The alive population best first (top K, or all of it)."""
+    with store.transaction(write=False) as s:
+        search = get_search(s, name)
+        q = (select(Individual.id, Individual.genotype).where(
+            Individual.search_id == search.id, Individual.alive.is_(True),
+            Individual.origin != RETRAIN).order_by(Individual.fitness.desc(), Individual.id))
+        if top is not None:
+            q = q.limit(top)
+        return [(r[0], r[1]) for r in s.execute(q).all()]
+
+
+def create_retrain_search(store: Store, name: str, config: SearchConfig) -> int:
+    """A search with no evolution, only to hold retrain jobs of a given genotype."""
+    with store.transaction() as s:
+        if s.scalar(select(Search.id).where(Search.name == name)) is not None:
+            from renas_db.errors import AlreadyExistsError
+            raise AlreadyExistsError(f"a search named {name!r} exists already")
+        search = Search(name=name, status=FINISHED, config=config.to_dict(), seed=config.seed,
+                        checkpoint_root=config.checkpoint_root, created_at=db_now(),
+                        finished_at=db_now())
+        s.add(search)
+        s.flush()
+        event(s, "search created", f"retrain-only search {name}", search_id=search.id)
+        return search.id
+
+
+def study_searches(store: Store, study: str) -> list[dict[str, Any]]:
+    with store.transaction(write=False) as s:
+        rows = s.scalars(select(Search).where(Search.study == study).order_by(Search.id)).all()
+        if not rows:
+            raise NotFoundError(f"no study named {study!r}")
+        return [{"id": r.id, "name": r.name, "status": r.status, "config": r.config}
+                for r in rows]

@@ -155,3 +155,30 @@ def check_invariants(store: Store, name: str, checkpoint_root: str | None = None
             problems.append(f"4: checkpoint of alive individual {ind_id} missing or "
                             f"not matching its sha256 ({uri})")
     return problems
+
+
+def retrain_report(store: Store, name: str) -> dict[str, Any]:
+    """Retrained networks ranked by validation accuracy; the best is the derived cell."""
+    with store.transaction(write=False) as s:
+        search = get_search(s, name)
+        rows = s.execute(select(Individual, Job.params).join(Job, Job.id == Individual.job_id)
+                         .where(Individual.search_id == search.id,
+                                Individual.origin == RETRAIN)
+                         .order_by(Individual.fitness.desc(), Individual.id)).all()
+        pending = s.scalar(select(func.count()).where(
+            Job.search_id == search.id, Job.kind == RETRAIN, Job.state.in_((QUEUED, CLAIMED))))
+        source_fitness = {}
+        ids = [i.parent_id for i, _ in rows if i.parent_id]
+        if ids:
+            source_fitness = dict(s.execute(select(Individual.id, Individual.fitness)
+                                            .where(Individual.id.in_(ids))).all())
+        ranked = [{"rank": k + 1, "id": i.id, "source_id": i.parent_id,
+                   "search_fitness": source_fitness.get(i.parent_id),
+                   "val_accuracy": i.fitness, "test_accuracy": i.test_accuracy,
+                   "n_params": i.n_params, "mult_adds": i.mult_adds,
+                   "epochs": (params or {}).get("epochs"),
+                   "dataset": (params or {}).get("dataset") or search.config.get("dataset"),
+                   "train_seconds": i.train_seconds, "genotype": i.genotype}
+                  for k, (i, params) in enumerate(rows)]
+        return {"search": name, "pending": pending, "ranked": ranked,
+                "derived": ranked[0] if ranked else None}
