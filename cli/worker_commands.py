@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from renas_db.cli.context import AppContext, pass_app
-from renas_db.cli.render import as_json, err, message, out, table
+from renas_db.cli.render import as_json, err, message, out
 from renas_db.cli.search_commands import build_config, config_options
 from renas_db.errors import ConfigError, RenasError
 
@@ -194,7 +194,7 @@ def _local_devices(n: int) -> list[str]:
 def _watch(store, name: str, procs: list[subprocess.Popen]) -> None:  # type: ignore[no-untyped-def]
     from rich.live import Live
     from renas_db.db.reports import search_status
-    with Live(console=err, refresh_per_second=1, transient=False) as live:
+    with Live(console=err, refresh_per_second=1, transient=True) as live:
         while any(p.poll() is None for p in procs):
             try:
                 live.update(_status_table(search_status(store, name)))

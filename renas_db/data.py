@@ -5,7 +5,6 @@ No DataLoader and no per-image Python: a batch is an index slice, augmented as a
 from __future__ import annotations
 
 import gzip
-import io
 import pickle
 import struct
 from dataclasses import dataclass, replace

@@ -90,113 +90,132 @@ class TrainingExecutor:
     def run(self, job: ClaimedJob, progress: Progress | None,
             stop: threading.Event) -> JobResult:
         import torch
-        from renas_db.controller import controller_config
-        from renas_db.inherit import inherit, param_groups
-        from renas_db.mutators import mutation_rng
-        from renas_db.network import Network, count_mult_adds, count_parameters, spec_for
-        from renas_db.train import (evaluate, fine_tune, prepare, seeded_generator,
-                                    train_from_scratch)
+        from renas_db.network import count_mult_adds, count_parameters
         cfg = job.config
-        t = self.timings
-        with t.timed("load_data"):
-            data = self.dataset(job)
-        spec = spec_for(cfg.dataset, cells=cfg.cells, filters=cfg.filters)
-        generator = seeded_generator(hash((cfg.seed, job.id, job.attempt)) & 0x7FFFFFFF)
         torch.manual_seed(hash((cfg.seed, job.id, job.attempt, 1)) & 0x7FFFFFFF)
-        store = self.checkpoints(job)
         result = JobResult(genotype="", arch_hash="", fitness=0.0, val_loss=None,
                            checkpoint_uri=None, checkpoint_sha256=None, examples_seen=0,
                            train_seconds=0.0)
-        if job.kind == INIT:
-            genotype = space.parse(job.genotype)
-            with t.timed("build"):
-                network = prepare(Network(genotype, spec), self.device)
-            with t.timed("train"):
-                r = train_from_scratch(network, data, device=self.device,
-                                       epochs=cfg.init_epochs, lr=cfg.init_lr,
-                                       batch_size=cfg.batch_size, momentum=cfg.momentum,
-                                       weight_decay=cfg.weight_decay,
-                                       train_subset=cfg.train_subset, val_examples=None,
-                                       generator=generator, progress=progress, stop=stop)
-            with t.timed("evaluate"):
-                fitness, loss = evaluate(network, data.val.head(cfg.val_examples), data,
-                                         device=self.device)
-            result.examples_seen = r.examples_seen
-            result.train_seconds = r.seconds
-        elif job.kind == STEP:
-            assert job.parent is not None
-            with t.timed("checkpoint_read"):
-                payload = store.load(job.parent.checkpoint_uri, job.parent.checkpoint_sha256)
-            parent_genotype = space.parse(job.parent.genotype)
-            with t.timed("mutate"):
-                proposal = self.mutator(job).propose(
-                    parent_genotype, mutation_rng(cfg.seed, job.id, job.attempt))
-                genotype = parent_genotype.apply(proposal.actions)
-            with t.timed("build"):
-                network = Network(genotype, spec)
-                report = inherit(parent_genotype, payload["state"], network)
-                network = prepare(network, self.device)
-                groups = param_groups(network, report, cfg.lr_new, cfg.lr_inherited)
-            with t.timed("train"):
-                r = fine_tune(network, groups, data, device=self.device,
-                              batch_size=cfg.batch_size,
-                              examples=cfg.finetune_examples or cfg.train_subset,
-                              momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                              generator=generator, progress=progress, stop=stop)
-            with t.timed("evaluate"):
-                fitness, loss = evaluate(network, data.val.head(cfg.val_examples), data,
-                                         device=self.device)
-            result.examples_seen = r.examples_seen
-            result.train_seconds = r.seconds
-            result.mutation = space.actions_to_json(proposal.actions)
-            result.controller_version = proposal.controller_version
-            result.log_prob = proposal.log_prob
-            result.reward = controller_config(cfg).reward(fitness)
-        elif job.kind == RETRAIN:
-            from renas_db.data import load_dataset
-            from renas_db.retrain import RetrainRecipe
-            recipe = RetrainRecipe.from_dict(job.params or {})
-            genotype = space.parse(job.genotype)
-            dataset_name = recipe.dataset or cfg.dataset
-            data_dir = recipe.data_dir if recipe.dataset else cfg.data_dir
-            key = (dataset_name, data_dir)
-            if key not in self._datasets:
-                self._datasets[key] = load_dataset(dataset_name, data_dir).to(self.device)
-            data = self._datasets[key]
-            spec = spec_for(dataset_name, cells=recipe.cells or cfg.cells,
-                            filters=recipe.filters or cfg.filters,
-                            auxiliary=recipe.aux_weight > 0, dropout=recipe.dropout)
-            torch.manual_seed(recipe.seed)
-            with t.timed("build"):
-                network = prepare(Network(genotype, spec), self.device)
-            with t.timed("train"):
-                r = train_from_scratch(network, data, device=self.device, epochs=recipe.epochs,
-                                       lr=recipe.lr, batch_size=recipe.batch_size,
-                                       momentum=cfg.momentum, weight_decay=recipe.weight_decay,
-                                       aux_weight=recipe.aux_weight, drop_path=recipe.drop_path,
-                                       cutout=recipe.cutout, train_subset=recipe.train_subset,
-                                       test=True, generator=seeded_generator(recipe.seed),
-                                       progress=progress, stop=stop)
-            fitness, loss = r.val_accuracy, r.val_loss
-            result.test_accuracy = r.test_accuracy
-            result.examples_seen = r.examples_seen
-            result.train_seconds = r.seconds
-        else:
+        run_kind = {INIT: self._init, STEP: self._step, RETRAIN: self._retrain}.get(job.kind)
+        if run_kind is None:
             raise RenasError(f"job kind {job.kind!r} is not supported by this worker")
+        genotype, network = run_kind(job, result, progress, stop)
         result.genotype = genotype.to_text()
         result.arch_hash = genotype.arch_hash()
-        result.fitness = fitness
-        result.val_loss = loss
-        with t.timed("count"):
+        with self.timings.timed("count"):
             result.n_params = count_parameters(network)
             result.mult_adds = count_mult_adds(network)
-        with t.timed("checkpoint_write"):
+        with self.timings.timed("checkpoint_write"):
             uri = checkpoint_uri(job)
-            state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
-            result.checkpoint_sha256 = store.save(uri, {"genotype": result.genotype,
-                                                        "state": state})
+            state = {k: v.detach().to("cpu").contiguous()
+                     for k, v in network.state_dict().items()}
+            result.checkpoint_sha256 = self.checkpoints(job).save(
+                uri, {"genotype": result.genotype, "state": state})
             result.checkpoint_uri = uri
         return result
+
+    def _generator(self, job: ClaimedJob):  # type: ignore[no-untyped-def]
+        from renas_db.train import seeded_generator
+        return seeded_generator(hash((job.config.seed, job.id, job.attempt)) & 0x7FFFFFFF)
+
+    def _init(self, job: ClaimedJob, result: JobResult, progress: Progress | None,
+              stop: threading.Event):  # type: ignore[no-untyped-def]
+        """Train a random cell from scratch; its validation accuracy is the fitness."""
+        from renas_db.network import Network, spec_for
+        from renas_db.train import prepare, train_from_scratch
+        cfg, t = job.config, self.timings
+        with t.timed("load_data"):
+            data = self.dataset(job)
+        genotype = space.parse(job.genotype)
+        with t.timed("build"):
+            network = prepare(Network(genotype, spec_for(cfg.dataset, cells=cfg.cells,
+                                                         filters=cfg.filters)), self.device)
+        with t.timed("train"):
+            r = train_from_scratch(network, data, device=self.device, epochs=cfg.init_epochs,
+                                   lr=cfg.init_lr, batch_size=cfg.batch_size,
+                                   momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                   train_subset=cfg.train_subset, val_examples=cfg.val_examples,
+                                   generator=self._generator(job), progress=progress, stop=stop)
+        result.fitness, result.val_loss = r.val_accuracy, r.val_loss
+        result.examples_seen, result.train_seconds = r.examples_seen, r.seconds
+        return genotype, network
+
+    def _step(self, job: ClaimedJob, result: JobResult, progress: Progress | None,
+              stop: threading.Event):  # type: ignore[no-untyped-def]
+        """Mutate the parent, inherit its weights, fine-tune, evaluate."""
+        from renas_db.controller import controller_config
+        from renas_db.inherit import inherit, param_groups
+        from renas_db.mutators import mutation_rng
+        from renas_db.network import Network, spec_for
+        from renas_db.train import evaluate, fine_tune, prepare
+        cfg, t = job.config, self.timings
+        assert job.parent is not None
+        with t.timed("load_data"):
+            data = self.dataset(job)
+        with t.timed("checkpoint_read"):
+            payload = self.checkpoints(job).load(job.parent.checkpoint_uri,
+                                                 job.parent.checkpoint_sha256)
+        parent_genotype = space.parse(job.parent.genotype)
+        with t.timed("mutate"):
+            proposal = self.mutator(job).propose(parent_genotype,
+                                                 mutation_rng(cfg.seed, job.id, job.attempt))
+            genotype = parent_genotype.apply(proposal.actions)
+        with t.timed("build"):
+            network = Network(genotype, spec_for(cfg.dataset, cells=cfg.cells,
+                                                 filters=cfg.filters))
+            report = inherit(parent_genotype, payload["state"], network)
+            network = prepare(network, self.device)
+            groups = param_groups(network, report, cfg.lr_new, cfg.lr_inherited)
+        with t.timed("train"):
+            r = fine_tune(network, groups, data, device=self.device, batch_size=cfg.batch_size,
+                          examples=cfg.finetune_examples or cfg.train_subset,
+                          momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          generator=self._generator(job), progress=progress, stop=stop)
+        with t.timed("evaluate"):
+            result.fitness, result.val_loss = evaluate(
+                network, data.val.head(cfg.val_examples), data, device=self.device)
+        result.examples_seen, result.train_seconds = r.examples_seen, r.seconds
+        result.mutation = space.actions_to_json(proposal.actions)
+        result.controller_version = proposal.controller_version
+        result.log_prob = proposal.log_prob
+        result.reward = controller_config(cfg).reward(result.fitness)
+        return genotype, network
+
+    def _retrain(self, job: ClaimedJob, result: JobResult, progress: Progress | None,
+                 stop: threading.Event):  # type: ignore[no-untyped-def]
+        """Train a cell from scratch with the full recipe; validation and test accuracy."""
+        import torch
+        from renas_db.data import load_dataset
+        from renas_db.network import Network, spec_for
+        from renas_db.retrain import RetrainRecipe
+        from renas_db.train import prepare, seeded_generator, train_from_scratch
+        cfg, t = job.config, self.timings
+        recipe = RetrainRecipe.from_dict(job.params or {})
+        genotype = space.parse(job.genotype)
+        dataset_name = recipe.dataset or cfg.dataset
+        key = (dataset_name, recipe.data_dir if recipe.dataset else cfg.data_dir)
+        with t.timed("load_data"):
+            if key not in self._datasets:
+                self._datasets[key] = load_dataset(*key).to(self.device)
+            data = self._datasets[key]
+        spec = spec_for(dataset_name, cells=recipe.cells or cfg.cells,
+                        filters=recipe.filters or cfg.filters,
+                        auxiliary=recipe.aux_weight > 0, dropout=recipe.dropout)
+        torch.manual_seed(recipe.seed)
+        with t.timed("build"):
+            network = prepare(Network(genotype, spec), self.device)
+        with t.timed("train"):
+            r = train_from_scratch(network, data, device=self.device, epochs=recipe.epochs,
+                                   lr=recipe.lr, batch_size=recipe.batch_size,
+                                   momentum=cfg.momentum, weight_decay=recipe.weight_decay,
+                                   aux_weight=recipe.aux_weight, drop_path=recipe.drop_path,
+                                   cutout=recipe.cutout, train_subset=recipe.train_subset,
+                                   test=True, generator=seeded_generator(recipe.seed),
+                                   progress=progress, stop=stop)
+        result.fitness, result.val_loss = r.val_accuracy, r.val_loss
+        result.test_accuracy = r.test_accuracy
+        result.examples_seen, result.train_seconds = r.examples_seen, r.seconds
+        return genotype, network
 
 
 class DryRunExecutor(TrainingExecutor):

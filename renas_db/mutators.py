@@ -4,9 +4,12 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from renas_db.space import OPS, SLOTS, Action, Genotype
+
+if TYPE_CHECKING:
+    from renas_db.controller import ControllerTrainer
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class RenasMutator:
     """The reinforced mutation controller of one snapshot version."""
     name = "renas"
 
-    def __init__(self, trainer: "ControllerTrainer") -> None:  # noqa: F821
+    def __init__(self, trainer: ControllerTrainer) -> None:
         self.trainer = trainer
 
     def propose(self, genotype: Genotype, rng: random.Random) -> Proposal:

@@ -222,8 +222,9 @@ class Worker:
                     log.warning("job %d released", job.id)
                 return
             except (DatabaseUnavailable, ConflictError) as exc:
-                log.warning("job %d: database unavailable during the job: %s", job.id, exc)
-                retrying(lambda: _ignore_lost(queries.fail_job, self.store, job, str(exc)),
+                reason = f"database unavailable during the job: {exc}"
+                log.warning("job %d: %s", job.id, reason)
+                retrying(lambda: _ignore_lost(queries.fail_job, self.store, job, reason),
                          "fail")
                 self.summary.jobs_failed += 1
                 return

@@ -22,7 +22,7 @@ def test_kill_9_ten_times_during_training(db_url, tmp_path):
     log = str(tmp_path / "killed.log")
     while kills < 10:
         p = spawn_worker(db_url, "k", cwd=str(tmp_path), log_path=log)
-        job = wait_for(lambda: running_job_of(store, p.pid) or p.poll() is not None,
+        wait_for(lambda: running_job_of(store, p.pid) or p.poll() is not None,
                        timeout=120, every=0.02, what="a claimed job")
         if p.poll() is not None:
             break

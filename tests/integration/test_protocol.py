@@ -4,12 +4,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from renas_db import searches
 from renas_db.config import SearchConfig
 from renas_db.db import queries, snapshots
-from renas_db.db.models import Individual, Job
+from renas_db.db.models import Job
 from renas_db.db.reports import check_invariants, search_status
 from renas_db.errors import AlreadyExistsError, LeaseLost, NotFoundError, StateError
 from renas_db.space import parse

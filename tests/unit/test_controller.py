@@ -11,7 +11,7 @@ import torch
 from renas_db.controller import (ControllerConfig, ControllerTrainer, Episode,
                                  MutationController)
 from renas_db.errors import SnapshotError
-from renas_db.space import SLOTS, Action, parse, random_genotype
+from renas_db.space import SLOTS, parse, random_genotype
 
 
 def test_parameters_start_small_and_logits_are_shaped():
