@@ -194,10 +194,9 @@ class Worker:
             job = retrying(lambda: queries.claim(self.store, sid, self.worker_id), "claim")
             if job is not None:
                 return job, True
-            more = retrying(lambda: queries.has_work(self.store, sid), "search state")
-            paused = self.options.search is not None and retrying(
-                lambda: queries.search_state(self.store, sid), "search state") == queries.PAUSED
-            active = active or more or paused
+            # a paused, finished or failed search has no more work for us: exit
+            active = active or retrying(lambda: queries.has_work(self.store, sid),
+                                        "search state")
         return None, active
 
     def _run_job(self, job: ClaimedJob) -> None:

@@ -212,11 +212,6 @@ def has_work(store: Store, search_id: int) -> bool:
             Job.search_id == search_id, Job.kind == RETRAIN, Job.state.in_((QUEUED, CLAIMED)))))
 
 
-def search_state(store: Store, search_id: int) -> str:
-    with store.transaction(write=False) as s:
-        return s.scalar(select(Search.status).where(Search.id == search_id))
-
-
 def _lock_search(s: Session, search_id: int) -> None:
     if s.bind.dialect.name == "postgresql":
         s.execute(text("SELECT pg_advisory_xact_lock(:ns, :id)"),
@@ -290,10 +285,14 @@ def _requeue_or_kill(s: Session, search: Search, job: Job, kind: str, why: str) 
         event(s, "search failed", f"init job {job.id} is dead: {why}", search_id=search.id)
 
 
+def _init_pending(s: Session, search_id: int) -> int:
+    # state IN (...) keeps this on the (search_id, state) index: never a scan of history
+    return s.scalar(select(func.count()).where(
+        Job.search_id == search_id, Job.kind == INIT, Job.state.in_((QUEUED, CLAIMED))))
+
+
 def _create_step(s: Session, search: Search, config: SearchConfig) -> Job | None:
-    pending_init = s.scalar(select(func.count()).where(
-        Job.search_id == search.id, Job.kind == INIT, Job.state != DONE))
-    if pending_init:
+    if _init_pending(s, search.id):
         return None
     last = s.scalar(select(func.max(Job.step_index)).where(
         Job.search_id == search.id, Job.kind == STEP))
@@ -327,9 +326,8 @@ def _finish_if_complete(s: Session, search: Search, config: SearchConfig) -> Non
     steps = s.scalar(select(func.max(Job.step_index)).where(
         Job.search_id == search.id, Job.kind == STEP))
     created = 0 if steps is None else steps + 1
-    init_done = s.scalar(select(func.count()).where(
-        Job.search_id == search.id, Job.kind == INIT, Job.state == DONE))
-    if init_done == config.population and created >= config.steps:
+    # busy == 0 and no dead init job (that fails the search): every init job is done
+    if created >= config.steps:
         search.status = FINISHED
         search.finished_at = db_now()
         event(s, "search finished", f"{created} steps created", search_id=search.id)
@@ -448,13 +446,18 @@ def live_checkpoints(store: Store, search_id: int) -> set[str]:
     """Every checkpoint the search keeps: alive individuals, retrained networks and the
     parents of pending jobs."""
     with store.transaction(write=False) as s:
-        needed = select(Job.parent_id).where(Job.search_id == search_id,
-                                             Job.state.in_((QUEUED, CLAIMED)))
-        rows = s.scalars(select(Individual.checkpoint_uri).where(
-            Individual.search_id == search_id, Individual.checkpoint_uri.is_not(None),
-            (Individual.alive.is_(True)) | (Individual.origin == RETRAIN)
-            | Individual.id.in_(needed)))
-        return set(rows)
+        # three bounded lookups (alive index, retrain jobs, pending jobs), not one OR
+        # that would scan the whole history
+        alive = select(Individual.checkpoint_uri).where(
+            Individual.search_id == search_id, Individual.alive.is_(True))
+        retrained = select(Individual.checkpoint_uri).join(Job, Job.id == Individual.job_id) \
+            .where(Job.search_id == search_id, Job.kind == RETRAIN)
+        parents = select(Individual.checkpoint_uri).join(Job, Job.parent_id == Individual.id) \
+            .where(Job.search_id == search_id, Job.state.in_((QUEUED, CLAIMED)))
+        uris = set()
+        for q in (alive, retrained, parents):
+            uris.update(u for u in s.scalars(q) if u)
+        return uris
 
 
 def mark_collected(store: Store, ids: Sequence[int]) -> None:
