@@ -76,7 +76,9 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            _check(f, getattr(self, f.name))
+            value = _coerce(f, getattr(self, f.name))  # 600 is fine where 600.0 is meant
+            object.__setattr__(self, f.name, value)
+            _check(f, value)
         if self.sample > self.population:
             raise ConfigError(
                 f"sample ({self.sample}) must not exceed population ({self.population})")

@@ -345,8 +345,10 @@ def commit_job(store: Store, job: ClaimedJob, result: JobResult, worker_id: int)
     """Apply a finished job exactly once: child alive, victim dead, job done, episode.
     A retry after a lost acknowledgement finds its own result and returns it."""
     from renas_db.db.models import Episode
+    # No per-search lock here: the job row (FOR UPDATE + lease fence) and the victim's
+    # reservation by this running job are all a commit needs, so commits run in parallel
+    # with claims. A finish missed by two racing last commits is caught by the next claim.
     with store.transaction() as s:
-        _lock_search(s, job.search_id)
         done = s.scalar(select(Individual.id).join(Job, Job.id == Individual.job_id).where(
             Individual.job_id == job.id, Job.lease_token == job.lease_token))
         if done is not None:
