@@ -78,7 +78,7 @@ def upgrade() -> None:
                             name="uq_jobs_search_id_kind_step_index"),
         *job_fks,
     )
-    op.create_index("ix_jobs_search_id_state", "jobs", ["search_id", "state"])
+    op.create_index("ix_jobs_search_id_state_kind", "jobs", ["search_id", "state", "kind"])
     op.create_table(
         "individuals",
         sa.Column("id", sa.Integer, primary_key=True),

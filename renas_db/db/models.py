@@ -80,7 +80,10 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("search_id", "kind", "step_index"),
-        Index("ix_jobs_search_id_state", "search_id", "state"),
+        # state before kind: the claim path filters state IN (queued, running) and kind;
+        # with only (search_id, state) PostgreSQL preferred the unique (search_id, kind,
+        # ...) index and scanned the whole history of a kind (bench/history_scaling.py)
+        Index("ix_jobs_search_id_state_kind", "search_id", "state", "kind"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     search_id: Mapped[int] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
