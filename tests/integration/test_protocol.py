@@ -170,3 +170,15 @@ def test_gc_candidates_exclude_parents_of_pending_jobs(store, tmp_path):
     assert queries.collectable_checkpoints(store, sid, [a.victim_id]) == []
     live = queries.live_checkpoints(store, sid)
     assert len(live) == 4
+
+
+def test_workers_stop_on_a_paused_search_and_resume_later(store, tmp_path):
+    from renas_db.worker import Worker, WorkerOptions
+    searches.create(store, "s", _config(tmp_path, population=2, sample=2, steps=2))
+    queries.set_search_status(store, "s", "paused")
+    opts = WorkerOptions(search="s", dry_run_seconds=0.0, poll_seconds=0.05)
+    summary = Worker(store, opts).run()          # returns at once: nothing to do
+    assert summary.jobs_done == 0
+    queries.set_search_status(store, "s", "running")
+    assert Worker(store, opts).run().jobs_done == 4
+    assert search_status(store, "s")["status"] == "finished"
