@@ -26,7 +26,7 @@ $(FASHION):
 # The installed (non-editable) package is what the tests import: run from tests' rootdir
 # with importlib mode so the checkout does not shadow site-packages.
 test: install
-	$(VENV)/bin/pytest -n 3 --dist loadfile -q -p no:cacheprovider -rs tests
+	$(VENV)/bin/pytest -n 3 --dist loadfile -p no:cacheprovider -rs tests
 
 demo: install $(FASHION)
 	bash docs/demo.sh
