@@ -24,8 +24,9 @@ def upgrade_cmd(app: AppContext) -> None:
     """
     from renas_db.db.schema import current_revision, head_revision, upgrade
     store = app.store(check_schema=False)
-    before = _guard(lambda: current_revision(store), store)
-    _guard(lambda: upgrade(store), store)
+    with store.translated():
+        before = current_revision(store)
+        upgrade(store)
     message(f"database {store.masked_url}: {before or 'empty'} -> {head_revision()}")
 
 
@@ -38,19 +39,11 @@ def current_cmd(app: AppContext) -> None:
     """
     from renas_db.db.schema import current_revision, head_revision
     store = app.store(check_schema=False)
-    current = _guard(lambda: current_revision(store), store)
+    with store.translated():
+        current = current_revision(store)
     head = head_revision()
     state = "up to date" if current == head else "run `renas-db db upgrade`"
     click.echo(f"{current or 'empty'} (head {head}: {state})")
-
-
-def _guard(fn, store):  # type: ignore[no-untyped-def]
-    from sqlalchemy.exc import DBAPIError
-    from renas_db.db.session import translate_error
-    try:
-        return fn()
-    except DBAPIError as exc:
-        raise translate_error(exc, store.masked_url) from exc
 
 
 COMMANDS = [db]

@@ -77,15 +77,22 @@ class TrainingExecutor:
             return mutators.RandomMutator()
         if kind == "single":
             return mutators.SingleMutator()
+        return mutators.RenasMutator(self.controller(job))
+
+    def controller(self, job: ClaimedJob):  # type: ignore[no-untyped-def]
+        """The search's newest controller snapshot, kept in memory between jobs (loaded
+        again only when another worker has written a newer version)."""
         from renas_db.controller import ControllerTrainer, controller_config
         from renas_db.db.snapshots import latest_snapshot, latest_version
         cached = self._controllers.get(job.search_id)
-        version = latest_version(self.store, job.search_id)
-        if cached is None or cached.version != version:
+        if cached is None or cached.version != latest_version(self.store, job.search_id):
             _, state, _ = latest_snapshot(self.store, job.search_id)
             cached = ControllerTrainer.from_bytes(state, controller_config(job.config))
             self._controllers[job.search_id] = cached
-        return mutators.RenasMutator(cached)
+        return cached
+
+    def forget_controller(self, search_id: int) -> None:
+        self._controllers.pop(search_id, None)
 
     def run(self, job: ClaimedJob, progress: Progress | None,
             stop: threading.Event) -> JobResult:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -253,11 +253,3 @@ def build_from_export(path: str | Path, *, dataset: str | None = None,
                     cells=cells or cfg.get("cells", 2), filters=filters or cfg.get("filters", 24),
                     auxiliary=auxiliary, dropout=dropout)
     return Network(genotype, spec)
-
-
-def spec_dict(spec: NetworkSpec) -> dict[str, Any]:
-    return asdict(spec)
-
-
-def spec_from_dict(d: dict[str, Any]) -> NetworkSpec:
-    return replace(NetworkSpec(), **d)

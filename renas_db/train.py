@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from contextlib import nullcontext
@@ -174,8 +173,3 @@ def train_from_scratch(network: Network, dataset: Dataset, *, device: torch.devi
 
 def seeded_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-               else (os.cpu_count() or 1))

@@ -264,24 +264,30 @@ class Worker:
     def _update_controller(self, job: ClaimedJob) -> None:
         """Fold every unconsumed episode into snapshot version+1. Optimistic: a worker
         that loses the race re-reads and retries until nothing is left."""
-        from renas_db.controller import ControllerTrainer, Episode, controller_config
+        from renas_db.controller import Episode
         from renas_db import space
         for _ in range(20):
             episodes = retrying(lambda: snapshots.unconsumed_episodes(self.store, job.search_id),
                                 "episodes")
             if not episodes:
                 return
-            version, state, _ = retrying(
-                lambda: snapshots.latest_snapshot(self.store, job.search_id), "snapshot")
-            trainer = ControllerTrainer.from_bytes(state, controller_config(job.config))
-            stats = trainer.update([Episode(space.parse(e.parent_genotype),
-                                            space.actions_from_json(e.actions), e.log_prob,
-                                            e.fitness) for e in episodes])
-            ok = retrying(lambda: snapshots.save_update(
-                self.store, job.search_id, version, trainer.to_bytes(),
-                [e.id for e in episodes], episodes_seen=trainer.episodes_seen,
-                mean_reward=stats["mean_reward"], baseline=stats["baseline"], stats=stats),
-                "controller update")
+            # the executor's in-memory snapshot, reloaded only if another worker moved on
+            trainer = retrying(lambda: self.executor.controller(job), "snapshot")
+            version = trainer.version
+            ok = False
+            try:
+                stats = trainer.update([Episode(space.parse(e.parent_genotype),
+                                                space.actions_from_json(e.actions),
+                                                e.log_prob, e.fitness) for e in episodes])
+                ok = retrying(lambda: snapshots.save_update(
+                    self.store, job.search_id, version, trainer.to_bytes(),
+                    [e.id for e in episodes], episodes_seen=trainer.episodes_seen,
+                    mean_reward=stats["mean_reward"], baseline=stats["baseline"],
+                    stats=stats), "controller update")
+            finally:
+                if not ok:
+                    # the update changed the cached copy only: drop it, re-read, retry
+                    self.executor.forget_controller(job.search_id)
             if ok:
                 self.summary.controller_updates += 1
                 log.info("controller v%d: %d episodes, mean reward %.3f", version + 1,

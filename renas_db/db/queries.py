@@ -183,11 +183,6 @@ def heartbeat(store: Store, job_id: int, lease_token: str, worker_id: int) -> bo
         return n == 1
 
 
-def worker_heartbeat(store: Store, worker_id: int) -> None:
-    with store.transaction() as s:
-        s.execute(update(Worker).where(Worker.id == worker_id).values(heartbeat_at=db_now()))
-
-
 # -- claim ----------------------------------------------------------------------------
 def active_search_ids(store: Store, name: str | None) -> list[int]:
     with store.transaction(write=False) as s:

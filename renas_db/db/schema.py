@@ -50,9 +50,7 @@ def ensure_schema(store: Store) -> None:
 
     Choice: a brand-new, empty SQLite file is upgraded automatically (the one-machine
     default should just work); PostgreSQL is never migrated behind the user's back."""
-    from renas_db.db.session import translate_error
-    from sqlalchemy.exc import DBAPIError
-    try:
+    with store.translated():
         current = current_revision(store)
         head = head_revision()
         if current == head:
@@ -71,5 +69,3 @@ def ensure_schema(store: Store) -> None:
                               f"({head}): upgrade renas-db")
         raise SchemaError(f"the database schema is outdated ({current}, need {head}): "
                           "run `renas-db db upgrade`")
-    except DBAPIError as exc:
-        raise translate_error(exc, store.masked_url) from exc

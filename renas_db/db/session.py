@@ -69,19 +69,24 @@ class Store:
         return self.dialect == "sqlite"
 
     @contextmanager
-    def transaction(self, *, write: bool = True) -> Iterator[Session]:
-        """One short transaction: commit on success, rollback on error, and driver errors
-        turned into project errors. On SQLite a write transaction is BEGIN IMMEDIATE."""
+    def translated(self) -> Iterator[None]:
+        """Driver errors raised inside become project errors (the only place they do)."""
         try:
-            with self.engine.connect() as conn:
-                conn = conn.execution_options(renas_write=write)
-                with Session(bind=conn, expire_on_commit=False) as session:
-                    with session.begin():
-                        yield session
+            yield
         except RenasError:
             raise
         except DBAPIError as exc:
             raise translate_error(exc, self.masked_url) from exc
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Session]:
+        """One short transaction: commit on success, rollback on error, and driver errors
+        turned into project errors. On SQLite a write transaction is BEGIN IMMEDIATE."""
+        with self.translated(), self.engine.connect() as conn:
+            conn = conn.execution_options(renas_write=write)
+            with Session(bind=conn, expire_on_commit=False) as session:
+                with session.begin():
+                    yield session
 
     def dispose(self) -> None:
         self.engine.dispose()

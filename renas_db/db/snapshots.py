@@ -103,11 +103,3 @@ def save_update(store: Store, search_id: int, base_version: int, state: bytes,
 
 class _Lost(Exception):
     """Rolls the update back: a concurrent update consumed an episode first."""
-
-
-def snapshot_versions(s: Session, search_id: int) -> list[int]:
-    return list(s.scalars(select(ControllerSnapshot.version)
-                          .where(ControllerSnapshot.search_id == search_id)
-                          .order_by(ControllerSnapshot.version)))
-
-
