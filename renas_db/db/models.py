@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer,
                         LargeBinary, MetaData, String, Text, UniqueConstraint, literal)
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -34,8 +35,10 @@ class db_now(FunctionElement):
     inherit_cache = True
     name = "db_now"
 
-    def __init__(self, seconds: float = 0.0) -> None:
-        super().__init__(literal(float(seconds)))
+    def __init__(self, seconds: float | ColumnElement = 0.0) -> None:
+        # a bind parameter (the hot path's prebuilt statements) or a number
+        super().__init__(seconds if isinstance(seconds, ColumnElement)
+                         else literal(float(seconds)))
 
 
 @compiles(db_now, "postgresql")

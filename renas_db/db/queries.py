@@ -10,11 +10,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Float, Integer, bindparam, exists, func, insert, select, text, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from renas_db.config import SearchConfig
-from renas_db.db.models import Event, Individual, Job, Search, Worker, db_now
+from renas_db.db.models import Episode, Event, Individual, Job, Search, Worker, db_now
+from renas_db.db.prepared import Statements
 from renas_db.db.session import Store
 from renas_db.errors import LeaseLost, NotFoundError, StateError
 from renas_db.evolution import Candidate, step_rng, tournament
@@ -207,60 +209,191 @@ def has_work(store: Store, search_id: int) -> bool:
             Job.search_id == search_id, Job.kind == RETRAIN, Job.state.in_((QUEUED, CLAIMED)))))
 
 
-def _lock_search(s: Session, search_id: int) -> None:
-    if s.bind.dialect.name == "postgresql":
-        s.execute(text("SELECT pg_advisory_xact_lock(:ns, :id)"),
-                  {"ns": ADVISORY_NAMESPACE, "id": search_id})
+# -- the hot path: claim and commit ------------------------------------------------------
+# Claim and commit run once per child on every worker. They are Core statements built once
+# at import and, on PostgreSQL, prepared once per connection (renas_db/db/prepared.py): a
+# step's claim is 5 statements, a commit 6, and no ORM objects. The rare branches (expired
+# leases) use the ORM helpers on the same connection.
+_J, _I, _S = Job.__table__, Individual.__table__, Search.__table__
+_W, _EV, _EP = Worker.__table__, Event.__table__, Episode.__table__
+_PARENT = _I.alias("parent")
+_SID = bindparam("sid", type_=Integer)
+_PENDING = (QUEUED, CLAIMED)
+_CLAIMABLE = (_J.c.id, _J.c.kind, _J.c.step_index, _J.c.attempt, _J.c.genotype,
+              _J.c.victim_id, _J.c.sample, _J.c.params, _J.c.parent_id, _PARENT.c.genotype,
+              _PARENT.c.fitness, _PARENT.c.checkpoint_uri, _PARENT.c.checkpoint_sha256)
+
+
+def _scalar(column: Any, *where: Any) -> Any:
+    return select(column).where(_J.c.search_id == _SID, *where).scalar_subquery()
+
+
+_Q = Statements("renas", {
+    # Everything a claim decides on, in one statement. Each subquery stays on the
+    # (search_id, state, kind) or (search_id, kind, step_index) index: none grows with
+    # the history.
+    "state": select(
+        _S.c.status, _S.c.name, _S.c.config, _S.c.checkpoint_root,
+        exists().where(_J.c.search_id == _SID, _J.c.state == CLAIMED,
+                       _J.c.heartbeat_at < db_now(bindparam("age", type_=Float)))
+        .label("expired"),
+        _scalar(func.min(_J.c.id), _J.c.state == QUEUED).label("queued"),
+        _scalar(func.min(_J.c.id), _J.c.state == QUEUED, _J.c.kind == RETRAIN)
+        .label("queued_retrain"),
+        _scalar(func.count(), _J.c.kind == INIT, _J.c.state.in_(_PENDING))
+        .label("init_pending"),
+        _scalar(func.max(_J.c.step_index), _J.c.kind == STEP).label("last_step"),
+    ).where(_S.c.id == _SID),
+    "expired": select(_J.c.id).where(
+        _J.c.search_id == _SID, _J.c.state == CLAIMED,
+        _J.c.heartbeat_at < db_now(bindparam("age", type_=Float))).order_by(_J.c.id),
+    "job": select(*_CLAIMABLE).select_from(
+        _J.outerjoin(_PARENT, _PARENT.c.id == _J.c.parent_id))
+    .where(_J.c.id == bindparam("jid", type_=Integer)),
+    "take": update(_J).where(_J.c.id == bindparam("jid", type_=Integer)).values(
+        state=CLAIMED, lease_token=bindparam("tok", type_=_J.c.lease_token.type),
+        worker_id=bindparam("wid", type_=Integer), attempt=_J.c.attempt + 1,
+        heartbeat_at=db_now(), claimed_at=db_now()),
+    # the tournament's candidates: alive, not reserved as a pending step's victim
+    "unreserved": select(_I.c.id, _I.c.fitness).where(
+        _I.c.search_id == _SID, _I.c.alive.is_(True), _I.c.origin != RETRAIN,
+        _I.c.id.not_in(select(_J.c.victim_id).where(
+            _J.c.search_id == _SID, _J.c.kind == STEP, _J.c.state.in_(_PENDING),
+            _J.c.victim_id.is_not(None)))),
+    "insert_step": (insert(_J).values(heartbeat_at=db_now(), claimed_at=db_now(),
+                                      created_at=db_now()).returning(_J.c.id),
+                    ("search_id", "kind", "state", "parent_id", "victim_id", "sample",
+                     "step_index", "attempt", "max_attempts", "lease_token", "worker_id")),
+    "parent": select(_I.c.genotype, _I.c.fitness, _I.c.checkpoint_uri,
+                     _I.c.checkpoint_sha256).where(_I.c.id == bindparam("pid", type_=Integer)),
+    "start": update(_S).where(_S.c.id == _SID, _S.c.status == CREATED).values(status=RUNNING),
+    # finished: every step created, no init or step job pending (a dead init job fails
+    # the search instead, so nothing pending means the population was complete)
+    "finish": update(_S).where(
+        _S.c.id == _SID, _S.c.status.in_(ACTIVE),
+        ~exists().where(_J.c.search_id == _SID, _J.c.kind.in_((INIT, STEP)),
+                        _J.c.state.in_(_PENDING)),
+        func.coalesce(_scalar(func.max(_J.c.step_index) + 1, _J.c.kind == STEP), 0)
+        >= bindparam("steps", type_=Integer))
+    .values(status=FINISHED, finished_at=db_now()),
+    "event": (insert(_EV).values(created_at=db_now()), ("kind", "message", "search_id")),
+    # the lease fence and the state change in one statement
+    "done": update(_J).where(_J.c.id == bindparam("jid", type_=Integer), _J.c.state == CLAIMED,
+                             _J.c.lease_token == bindparam("tok", type_=_J.c.lease_token.type))
+    .values(state=DONE, finished_at=db_now(), error=None)
+    .returning(_J.c.kind, _J.c.parent_id, _J.c.victim_id),
+    "applied": select(_J.c.state, _J.c.attempt, _J.c.lease_token, _I.c.id)
+    .select_from(_J.outerjoin(_I, _I.c.job_id == _J.c.id))
+    .where(_J.c.id == bindparam("jid", type_=Integer)),
+    "child": (insert(_I).values(created_at=db_now()).returning(_I.c.id),
+              ("search_id", "job_id", "origin", "parent_id", "genotype", "arch_hash", "alive",
+               "fitness", "val_loss", "test_accuracy", "n_params", "mult_adds",
+               "checkpoint_uri", "checkpoint_sha256", "examples_seen", "train_seconds",
+               "controller_version", "mutation")),
+    "kill": update(_I).where(_I.c.id == bindparam("vid", type_=Integer),
+                             _I.c.alive.is_(True)).values(
+        alive=False, died_at=db_now(), removed_by_job_id=bindparam("jid", type_=Integer)),
+    "episode": (insert(_EP), ("search_id", "job_id", "controller_version", "actions",
+                              "log_prob", "reward", "fitness")),
+    "worker_done": update(_W).where(_W.c.id == bindparam("wid", type_=Integer))
+    .values(jobs_done=_W.c.jobs_done + 1, heartbeat_at=db_now()),
+})
+_configs: dict[int, tuple[dict, SearchConfig]] = {}
+
+
+def _config_of(search_id: int, raw: dict) -> SearchConfig:
+    """SearchConfig.from_dict, remembered per search while its stored dict is unchanged."""
+    hit = _configs.get(search_id)
+    if hit is None or hit[0] != raw:
+        hit = _configs[search_id] = (raw, SearchConfig.from_dict(raw))
+    return hit[1]
+
+
+def _lock_search(conn: Connection, search_id: int) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:ns, :id)"),
+                     {"ns": ADVISORY_NAMESPACE, "id": search_id})
 
 
 def claim(store: Store, search_id: int, worker_id: int) -> ClaimedJob | None:
     """Sweep expired leases, then hand out the oldest queued job, else a new step."""
-    with store.transaction() as s:
-        _lock_search(s, search_id)
-        search = s.get(Search, search_id)
-        if search is None or search.status not in ACTIVE + (FINISHED,):
+    with store.connection() as conn:
+        _lock_search(conn, search_id)
+        # the lease length lives in the search's config: remembered from the last claim
+        cached = _configs.get(search_id)
+        params = {"sid": search_id, "age": -cached[1].lease_seconds if cached else 0.0}
+        state = _Q.run(conn, "state", params).first()
+        if state is None:
             return None
-        config = SearchConfig.from_dict(search.config)
-        _sweep(s, search, config)
+        config = _config_of(search_id, state.config)
+        if params["age"] != -config.lease_seconds or state.expired:
+            params["age"] = -config.lease_seconds
+            expired = _Q.run(conn, "expired", params).scalars().all()
+            if expired:
+                with Session(bind=conn) as s:  # rare: the ORM writes requeues and events
+                    _requeue_expired(s, s.get(Search, search_id), expired)
+                    s.flush()
+                state = _Q.run(conn, "state", params).one()  # a dead init job fails it
+        if state.status not in ACTIVE + (FINISHED,):
+            return None
         # a finished search still hands out the retrain jobs queued on it
-        kinds = (INIT, STEP, RETRAIN) if search.status in ACTIVE else (RETRAIN,)
-        if search.status not in ACTIVE + (FINISHED,):
-            return None
-        job = s.scalars(select(Job).where(Job.search_id == search_id, Job.state == QUEUED,
-                                          Job.kind.in_(kinds))
-                        .order_by(Job.id).limit(1)).first()
-        if job is None and search.status in ACTIVE:
-            job = _create_step(s, search, config)
-        if job is None:
-            _finish_if_complete(s, search, config)
-            return None
+        active = state.status in ACTIVE
+        queued = state.queued if active else state.queued_retrain
         token = uuid.uuid4().hex
-        s.execute(update(Job).where(Job.id == job.id).values(
-            state=CLAIMED, lease_token=token, worker_id=worker_id, attempt=Job.attempt + 1,
-            heartbeat_at=db_now(), claimed_at=db_now()).execution_options(
-            synchronize_session=False))
-        if search.status == CREATED:
-            search.status = RUNNING
-        claimed = ClaimedJob(id=job.id, search_id=search_id, search_name=search.name,
-                             kind=job.kind, step_index=job.step_index,
-                             attempt=job.attempt + 1, lease_token=token, config=config,
-                             checkpoint_root=search.checkpoint_root, genotype=job.genotype,
-                             victim_id=job.victim_id, sample=job.sample, params=job.params)
-        if job.parent_id is not None:
-            p = s.get(Individual, job.parent_id)
-            claimed.parent = ParentInfo(p.id, p.genotype, p.fitness, p.checkpoint_uri,
-                                        p.checkpoint_sha256)
-        return claimed
+        if queued is not None:
+            row = _Q.run(conn, "job", {"jid": queued}).one()
+            _Q.run(conn, "take", {"jid": row.id, "tok": token, "wid": worker_id})
+            job = ClaimedJob(id=row.id, search_id=search_id, search_name=state.name,
+                             kind=row.kind, step_index=row.step_index, attempt=row.attempt + 1,
+                             lease_token=token, config=config,
+                             checkpoint_root=state.checkpoint_root, genotype=row.genotype,
+                             victim_id=row.victim_id, sample=row.sample, params=row.params)
+            if row.parent_id is not None:
+                job.parent = ParentInfo(row.parent_id, *row[9:13])
+        elif not active:
+            return None
+        else:
+            job = _create_step(conn, search_id, state, config, token, worker_id)
+            if job is None:
+                _finish_if_complete(conn, search_id, config)
+                return None
+        if state.status == CREATED:
+            _Q.run(conn, "start", {"sid": search_id})
+        return job
 
 
-def _sweep(s: Session, search: Search, config: SearchConfig) -> int:
-    expired = s.scalars(select(Job).where(
-        Job.search_id == search.id, Job.state == CLAIMED,
-        Job.heartbeat_at < db_now(-config.lease_seconds))).all()
-    for job in expired:
+def _create_step(conn: Connection, search_id: int, state: Any, config: SearchConfig,
+                 token: str, worker_id: int) -> ClaimedJob | None:
+    """A new step, created already claimed: S of the alive individuals not reserved as
+    another pending step's victim; the tournament is drawn from the step's own seed."""
+    if state.init_pending:
+        return None
+    step_index = 0 if state.last_step is None else state.last_step + 1
+    if step_index >= config.steps:
+        return None
+    rows = _Q.run(conn, "unreserved", {"sid": search_id}).all()
+    if len(rows) < config.sample:
+        return None  # too many steps in flight for this population: wait for a commit
+    t = tournament([Candidate(r[0], r[1]) for r in rows], config.sample, config.removal,
+                   step_rng(config.seed, step_index))
+    job_id = _Q.run(conn, "insert_step", {
+        "search_id": search_id, "kind": STEP, "state": CLAIMED, "parent_id": t.parent_id,
+        "victim_id": t.victim_id, "sample": list(t.sample), "step_index": step_index,
+        "attempt": 1, "max_attempts": config.max_attempts, "lease_token": token,
+        "worker_id": worker_id}).scalar_one()
+    p = _Q.run(conn, "parent", {"pid": t.parent_id}).one()
+    return ClaimedJob(id=job_id, search_id=search_id, search_name=state.name, kind=STEP,
+                      step_index=step_index, attempt=1, lease_token=token, config=config,
+                      checkpoint_root=state.checkpoint_root, victim_id=t.victim_id,
+                      sample=list(t.sample), parent=ParentInfo(t.parent_id, *p))
+
+
+def _requeue_expired(s: Session, search: Search, job_ids: Sequence[int]) -> int:
+    jobs = s.scalars(select(Job).where(Job.id.in_(list(job_ids))).order_by(Job.id)).all()
+    for job in jobs:
         _requeue_or_kill(s, search, job, "lease expired",
                          f"lease expired (worker {job.worker_id}, attempt {job.attempt})")
-    return len(expired)
+    return len(jobs)
 
 
 def _requeue_or_kill(s: Session, search: Search, job: Job, kind: str, why: str) -> None:
@@ -280,52 +413,10 @@ def _requeue_or_kill(s: Session, search: Search, job: Job, kind: str, why: str) 
         event(s, "search failed", f"init job {job.id} is dead: {why}", search_id=search.id)
 
 
-def _init_pending(s: Session, search_id: int) -> int:
-    # state IN (...) keeps this on the (search_id, state) index: never a scan of history
-    return s.scalar(select(func.count()).where(
-        Job.search_id == search_id, Job.kind == INIT, Job.state.in_((QUEUED, CLAIMED))))
-
-
-def _create_step(s: Session, search: Search, config: SearchConfig) -> Job | None:
-    if _init_pending(s, search.id):
-        return None
-    last = s.scalar(select(func.max(Job.step_index)).where(
-        Job.search_id == search.id, Job.kind == STEP))
-    step_index = 0 if last is None else last + 1
-    if step_index >= config.steps:
-        return None
-    reserved = select(Job.victim_id).where(Job.search_id == search.id, Job.kind == STEP,
-                                           Job.state.in_((QUEUED, CLAIMED)),
-                                           Job.victim_id.is_not(None))
-    rows = s.execute(select(Individual.id, Individual.fitness).where(
-        Individual.search_id == search.id, Individual.alive.is_(True),
-        Individual.origin != RETRAIN, Individual.id.not_in(reserved))).all()
-    if len(rows) < config.sample:
-        return None  # too many steps in flight for this population: wait for a commit
-    t = tournament([Candidate(r[0], r[1]) for r in rows], config.sample, config.removal,
-                   step_rng(config.seed, step_index))
-    job = Job(search_id=search.id, kind=STEP, state=QUEUED, parent_id=t.parent_id,
-              victim_id=t.victim_id, sample=list(t.sample), step_index=step_index,
-              attempt=0, max_attempts=config.max_attempts, created_at=db_now())
-    s.add(job)
-    s.flush()
-    return job
-
-
-def _finish_if_complete(s: Session, search: Search, config: SearchConfig) -> None:
-    busy = s.scalar(select(func.count()).where(
-        Job.search_id == search.id, Job.kind.in_((INIT, STEP)),
-        Job.state.in_((QUEUED, CLAIMED))))
-    if busy:
-        return
-    steps = s.scalar(select(func.max(Job.step_index)).where(
-        Job.search_id == search.id, Job.kind == STEP))
-    created = 0 if steps is None else steps + 1
-    # busy == 0 and no dead init job (that fails the search): every init job is done
-    if created >= config.steps:
-        search.status = FINISHED
-        search.finished_at = db_now()
-        event(s, "search finished", f"{created} steps created", search_id=search.id)
+def _finish_if_complete(conn: Connection, search_id: int, config: SearchConfig) -> None:
+    if _Q.run(conn, "finish", {"sid": search_id, "steps": config.steps}).rowcount:
+        _Q.run(conn, "event", {"kind": "search finished", "search_id": search_id,
+                               "message": f"{config.steps} steps created"})
 
 
 # -- results --------------------------------------------------------------------------
@@ -339,56 +430,46 @@ def _fenced_job(s: Session, job: ClaimedJob) -> Job:
 def commit_job(store: Store, job: ClaimedJob, result: JobResult, worker_id: int) -> int:
     """Apply a finished job exactly once: child alive, victim dead, job done, episode.
     A retry after a lost acknowledgement finds its own result and returns it."""
-    from renas_db.db.models import Episode
-    # No per-search lock here: the job row (FOR UPDATE + lease fence) and the victim's
+    # No per-search lock here: the fenced job row (locked by its UPDATE) and the victim's
     # reservation by this running job are all a commit needs, so commits run in parallel
-    # with claims. A finish missed by two racing last commits is caught by the next claim.
-    with store.transaction() as s:
-        done = s.scalar(select(Individual.id).join(Job, Job.id == Individual.job_id).where(
-            Individual.job_id == job.id, Job.lease_token == job.lease_token))
-        if done is not None:
-            return done
-        row = _fenced_job(s, job)
-        search = s.get(Search, job.search_id)
+    # with claims. Nor a finish check: the search is marked finished by the next claim
+    # that finds nothing left to do, which every worker makes after its commit.
+    with store.connection() as conn:
+        row = _Q.run(conn, "done", {"jid": job.id, "tok": job.lease_token}).first()
+        if row is None:
+            state, attempt, token, child_id = _Q.run(conn, "applied", {"jid": job.id}).one()
+            if token == job.lease_token and child_id is not None:
+                return child_id
+            raise LeaseLost(f"job {job.id}: lease lost (now {state}, attempt {attempt})")
         origin = {INIT: INIT, STEP: CHILD, RETRAIN: RETRAIN}[row.kind]
-        child = Individual(
-            search_id=job.search_id, job_id=job.id, origin=origin, parent_id=row.parent_id,
-            genotype=result.genotype, arch_hash=result.arch_hash, alive=origin != RETRAIN,
-            fitness=result.fitness, val_loss=result.val_loss,
-            test_accuracy=result.test_accuracy, n_params=result.n_params,
-            mult_adds=result.mult_adds, checkpoint_uri=result.checkpoint_uri,
-            checkpoint_sha256=result.checkpoint_sha256, examples_seen=result.examples_seen,
-            train_seconds=result.train_seconds, controller_version=result.controller_version,
-            mutation=result.mutation, created_at=db_now())
-        s.add(child)
-        s.flush()
+        child_id = _Q.run(conn, "child", {
+            "search_id": job.search_id, "job_id": job.id, "origin": origin,
+            "parent_id": row.parent_id, "genotype": result.genotype,
+            "arch_hash": result.arch_hash, "alive": origin != RETRAIN,
+            "fitness": result.fitness, "val_loss": result.val_loss,
+            "test_accuracy": result.test_accuracy, "n_params": result.n_params,
+            "mult_adds": result.mult_adds, "checkpoint_uri": result.checkpoint_uri,
+            "checkpoint_sha256": result.checkpoint_sha256,
+            "examples_seen": result.examples_seen, "train_seconds": result.train_seconds,
+            "controller_version": result.controller_version,
+            "mutation": result.mutation}).scalar_one()
         if row.kind == STEP:
-            killed = s.execute(update(Individual).where(
-                Individual.id == row.victim_id, Individual.alive.is_(True)).values(
-                alive=False, died_at=db_now(), removed_by_job_id=job.id)
-                .execution_options(synchronize_session=False)).rowcount
-            if killed != 1:
+            if _Q.run(conn, "kill", {"vid": row.victim_id, "jid": job.id}).rowcount != 1:
                 raise StateError(f"job {job.id}: victim {row.victim_id} is not alive")
             if result.log_prob is not None and result.reward is not None:
-                s.add(Episode(search_id=job.search_id, job_id=job.id,
-                              controller_version=result.controller_version or 0,
-                              actions=result.mutation or [], log_prob=result.log_prob,
-                              reward=result.reward, fitness=result.fitness))
-        row.state = DONE
-        row.finished_at = db_now()
-        row.error = None
-        s.execute(update(Worker).where(Worker.id == worker_id)
-                  .values(jobs_done=Worker.jobs_done + 1, heartbeat_at=db_now()))
-        s.flush()
-        if row.kind != RETRAIN:
-            _finish_if_complete(s, search, job.config)
-        return child.id
+                _Q.run(conn, "episode", {
+                    "search_id": job.search_id, "job_id": job.id,
+                    "controller_version": result.controller_version or 0,
+                    "actions": result.mutation or [], "log_prob": result.log_prob,
+                    "reward": result.reward, "fitness": result.fitness})
+        _Q.run(conn, "worker_done", {"wid": worker_id})
+        return child_id
 
 
 def fail_job(store: Store, job: ClaimedJob, error: str) -> str:
     """A training error: requeue (attempt counted) or dead after max_attempts."""
     with store.transaction() as s:
-        _lock_search(s, job.search_id)
+        _lock_search(s.connection(), job.search_id)
         row = _fenced_job(s, job)
         search = s.get(Search, job.search_id)
         _requeue_or_kill(s, search, row, "job failed", error)
@@ -410,11 +491,14 @@ def recover(store: Store, name: str) -> dict[str, int]:
     """Run the claim's sweep on demand: expired leases back to the queue (or dead)."""
     with store.transaction() as s:
         search = get_search(s, name)
-        _lock_search(s, search.id)
+        _lock_search(s.connection(), search.id)
         config = SearchConfig.from_dict(search.config)
-        swept = _sweep(s, search, config)
+        expired = s.scalars(_Q["expired"], {"sid": search.id,
+                                             "age": -config.lease_seconds}).all()
+        swept = _requeue_expired(s, search, expired)
+        s.flush()
         if search.status in ACTIVE:
-            _finish_if_complete(s, search, config)
+            _finish_if_complete(s.connection(), search.id, config)
         queued = s.scalar(select(func.count()).where(Job.search_id == search.id,
                                                      Job.state == QUEUED))
         running = s.scalar(select(func.count()).where(Job.search_id == search.id,

@@ -4,13 +4,14 @@ from __future__ import annotations
 import math
 import os
 import re
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import (ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError,
-                            OperationalError)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import (ArgumentError, DBAPIError, DisconnectionError, IntegrityError,
+                            NoSuchModuleError, OperationalError)
 from sqlalchemy.orm import Session
 
 from renas_db.errors import (AlreadyExistsError, ConfigError, ConflictError,
@@ -18,6 +19,7 @@ from renas_db.errors import (AlreadyExistsError, ConfigError, ConflictError,
 
 DEFAULT_URL = "sqlite:///renas.sqlite"
 SQLITE_BUSY_MS = 30000
+PING_AFTER_IDLE_S = 1.0
 
 
 def resolve_url(url: str | None) -> str:
@@ -59,8 +61,9 @@ class Store:
                 _sqlite_hooks(self.engine)
             else:
                 self.engine = create_engine(
-                    self.url, pool_size=pool_size, max_overflow=4, pool_pre_ping=True,
+                    self.url, pool_size=pool_size, max_overflow=4,
                     connect_args={"connect_timeout": 10, "application_name": "renas-db"})
+                _ping_when_idle(self.engine)
         except NoSuchModuleError:
             raise ConfigError(f"unsupported database driver in {self.masked_url}") from None
 
@@ -88,6 +91,14 @@ class Store:
                 with session.begin():
                     yield session
 
+    @contextmanager
+    def connection(self, *, write: bool = True) -> Iterator[Connection]:
+        """One short Core transaction (the claim/commit hot path: no ORM objects)."""
+        with self.translated(), self.engine.connect() as conn:
+            conn.execution_options(renas_write=write)
+            with conn.begin():
+                yield conn
+
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -111,6 +122,29 @@ def translate_error(exc: DBAPIError, masked_url: str) -> RenasError:
             "57P01", "57P02", "57P03", "08006", "08001", "08003"):
         return DatabaseUnavailable(f"cannot reach the database {masked_url}: {first}")
     return RenasError(f"database error: {first}")
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Pessimistic disconnect handling without a round trip per transaction: a connection
+    back from the pool after PING_AFTER_IDLE_S (a worker's, after training) is pinged
+    first, and a dead one is replaced. Back-to-back transactions (claim, commit) skip it."""
+    @event.listens_for(engine, "checkin")
+    def _stamp(_dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
+        record.info["renas_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_conn, record, _proxy) -> None:  # type: ignore[no-untyped-def]
+        since = record.info.get("renas_idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:
+            return
+        try:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+            dbapi_conn.rollback()  # leave no transaction open behind the pool's back
+        except Exception as exc:
+            # the pool drops this connection and checks out another (a new one)
+            raise DisconnectionError(str(exc)) from exc
 
 
 def _sqlite_hooks(engine: Engine) -> None:
