@@ -51,9 +51,14 @@ class _Plan:
         types = [compiled.binds[n].type for n in order]
         self.prepare = (f"PREPARE {name} ({', '.join(t.compile(dialect=dialect) for t in types)}"
                         f") AS {body}")
-        self.execute = text(f"EXECUTE {name}({', '.join(':' + n for n in order)})") \
-            .bindparams(*[bindparam(n, type_=t) for n, t in zip(order, types)])
+        self.call = f"EXECUTE {name}({', '.join(':' + n for n in order)})"
+        self.binds = {n: t for n, t in zip(order, types)}
+        self.execute = _text(self.call, self.binds)
         self.name = name
+
+
+def _text(sql: str, binds: Mapping[str, Any]) -> Any:
+    return text(sql).bindparams(*[bindparam(n, type_=t) for n, t in binds.items()])
 
 
 # an INSERT names the columns its parameters fill (they decide the statement's shape)
@@ -71,6 +76,7 @@ class Statements:
             self.core[key], self.columns[key] = stmt, cols
         self.prefix = prefix
         self._plans: dict[str, _Plan] = {}
+        self._pairs: dict[tuple[str, str], Any] = {}
         self.enabled = os.environ.get("RENAS_DB_PREPARE", "1") != "0"
 
     def __getitem__(self, key: str) -> ClauseElement:
@@ -83,15 +89,30 @@ class Statements:
                                                 self.columns[key])
         return plan
 
-    def run(self, conn: Connection, key: str, params: Mapping[str, Any] | None = None
-            ) -> CursorResult:
+    def run(self, conn: Connection, key: str, params: Mapping[str, Any] | None = None, *,
+            first: str | None = None) -> CursorResult:
+        """Execute statement `key`; `first` (a key) runs before it in the same round trip
+        where statements are prepared, and its result is discarded."""
+        params = dict(params or {})
         if conn.dialect.name != "postgresql" or not self.enabled:
-            return conn.execute(self.core[key], dict(params or {}))
-        plan = self._plan(key)
+            if first is not None:
+                conn.execute(self.core[first], params)
+            return conn.execute(self.core[key], params)
         info = conn.connection.info  # lives as long as this server connection
         prepared = info.setdefault("renas_prepared", set())
-        if plan.name not in prepared:
-            # PREPARE outlives a rollback; the body has no % the driver could misread
-            conn.exec_driver_sql(plan.prepare)
-            prepared.add(plan.name)
-        return conn.execute(plan.execute, dict(params or {}))
+        for k in (key,) if first is None else (first, key):
+            plan = self._plan(k)
+            if plan.name not in prepared:
+                # PREPARE outlives a rollback; the body has no % the driver could misread
+                conn.exec_driver_sql(plan.prepare)
+                prepared.add(plan.name)
+        if first is None:
+            return conn.execute(self._plan(key).execute, params)
+        pair = self._pairs.get((first, key))
+        if pair is None:
+            a, b = self._plan(first), self._plan(key)
+            # each statement of the string takes its own snapshot: `key` sees what
+            # committed while `first` waited (a lock)
+            pair = self._pairs[(first, key)] = _text(f"{a.call}; {b.call}",
+                                                     {**a.binds, **b.binds})
+        return conn.execute(pair, params)

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from sqlalchemy import Float, Integer, bindparam, exists, func, insert, select, text, update
+from sqlalchemy import Float, Integer, bindparam, exists, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -229,6 +229,8 @@ def _scalar(column: Any, *where: Any) -> Any:
 
 
 _Q = Statements("renas", {
+    # claims are serialised per search (PostgreSQL; SQLite's BEGIN IMMEDIATE does it there)
+    "lock": select(func.pg_advisory_xact_lock(ADVISORY_NAMESPACE, _SID)),
     # Everything a claim decides on, in one statement. Each subquery stays on the
     # (search_id, state, kind) or (search_id, kind, step_index) index: none grows with
     # the history.
@@ -311,18 +313,18 @@ def _config_of(search_id: int, raw: dict) -> SearchConfig:
 
 def _lock_search(conn: Connection, search_id: int) -> None:
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:ns, :id)"),
-                     {"ns": ADVISORY_NAMESPACE, "id": search_id})
+        _Q.run(conn, "lock", {"sid": search_id})
 
 
 def claim(store: Store, search_id: int, worker_id: int) -> ClaimedJob | None:
     """Sweep expired leases, then hand out the oldest queued job, else a new step."""
     with store.connection() as conn:
-        _lock_search(conn, search_id)
         # the lease length lives in the search's config: remembered from the last claim
         cached = _configs.get(search_id)
         params = {"sid": search_id, "age": -cached[1].lease_seconds if cached else 0.0}
-        state = _Q.run(conn, "state", params).first()
+        # the search lock and the state read in one round trip on PostgreSQL
+        state = _Q.run(conn, "state", params,
+                       first="lock" if conn.dialect.name == "postgresql" else None).first()
         if state is None:
             return None
         config = _config_of(search_id, state.config)
