@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from renas_db import space
-from renas_db.ops import OPS, FactorizedReduce, ReLUConvBN
+from renas_db.ops import OPS, BatchNorm, FactorizedReduce, ReLUConvBN
 from renas_db.space import Genotype
 
 
@@ -112,9 +112,9 @@ class AuxiliaryHead(nn.Module):
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(2)
         self.conv1 = nn.Conv2d(c, 128, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(128)
+        self.bn1 = BatchNorm(128)
         self.conv2 = nn.Conv2d(128, 768, 2, bias=False)
-        self.bn2 = nn.BatchNorm2d(768)
+        self.bn2 = BatchNorm(768)
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,7 +136,7 @@ class Network(nn.Module):
             self.stem = nn.Sequential()
             self.stem.add_module("conv", nn.Conv2d(spec.in_channels, 32, 3, stride=2,
                                                    padding=1, bias=False))
-            self.stem.add_module("bn", nn.BatchNorm2d(32))
+            self.stem.add_module("bn", BatchNorm(32))
             c_stem = 32
             kinds += [(max(f // 4, 1), True), (max(f // 2, 1), True)]
         else:
@@ -144,7 +144,7 @@ class Network(nn.Module):
             self.stem = nn.Sequential()
             self.stem.add_module("conv", nn.Conv2d(spec.in_channels, c_stem, 3, padding=1,
                                                    bias=False))
-            self.stem.add_module("bn", nn.BatchNorm2d(c_stem))
+            self.stem.add_module("bn", BatchNorm(c_stem))
         kinds += [(f, False)] * n + [(2 * f, True)] + [(2 * f, False)] * n + \
                  [(4 * f, True)] + [(4 * f, False)] * n
         aux_after = len(kinds) - n - 1  # the second search reduction: 2/3 of the depth

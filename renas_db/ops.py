@@ -11,12 +11,44 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# Two slow paths of torch's CPU batch norm for channels_last tensors, measured on this
+# 2-core machine (forward + backward, batch 64):
+# - below 16 channels (one AVX-512 vector of floats) the kernels are not vectorised:
+#   [64, 8, 28, 28] takes 3.9 ms in channels_last, 1.8 ms converted to NCHW and back;
+# - a gradient that is a channel slice (what the cell's concatenation hands back) takes a
+#   generic path: [64, 16, 14, 14] 2.75 ms, against 0.6 ms with the gradient copied dense.
+NARROW_BN_CHANNELS = 16
+
+
+def _dense_nchw(grad: torch.Tensor) -> torch.Tensor:
+    return grad.contiguous()
+
+
+def _dense_channels_last(grad: torch.Tensor) -> torch.Tensor:
+    return grad.contiguous(memory_format=torch.channels_last)
+
+
+class BatchNorm(nn.BatchNorm2d):
+    """nn.BatchNorm2d (same parameters and state-dict keys) that avoids both slow paths
+    on CPU channels_last inputs; anything else goes straight to nn.BatchNorm2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.is_contiguous()
+                or not x.is_contiguous(memory_format=torch.channels_last)):
+            return super().forward(x)
+        narrow = self.num_features < NARROW_BN_CHANNELS
+        y = super().forward(x.contiguous() if narrow else x)
+        if y.requires_grad:
+            y.register_hook(_dense_nchw if narrow else _dense_channels_last)
+        return y.contiguous(memory_format=torch.channels_last) if narrow else y
+
+
 class ReLUConvBN(nn.Module):
     def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1,
                  padding: int = 0) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False)
-        self.bn = nn.BatchNorm2d(c_out)
+        self.bn = BatchNorm(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(F.relu(x)))
@@ -32,10 +64,10 @@ class SepConv(nn.Module):
         self.depthwise1 = nn.Conv2d(c_in, c_in, kernel, stride=stride, padding=pad,
                                     groups=c_in, bias=False)
         self.pointwise1 = nn.Conv2d(c_in, c_in, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_in)
+        self.bn1 = BatchNorm(c_in)
         self.depthwise2 = nn.Conv2d(c_in, c_in, kernel, padding=pad, groups=c_in, bias=False)
         self.pointwise2 = nn.Conv2d(c_in, c_out, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
+        self.bn2 = BatchNorm(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn1(self.pointwise1(self.depthwise1(F.relu(x))))
@@ -53,7 +85,7 @@ class FactorizedReduce(nn.Module):
         super().__init__()
         self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
         self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, bias=False)
-        self.bn = nn.BatchNorm2d(c_out)
+        self.bn = BatchNorm(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(x)

@@ -71,3 +71,36 @@ def test_renasnet_paper_sizes(capsys):
     assert abs(cifar - 3.5e6) / 3.5e6 < 0.05
     assert abs(imagenet - 5.36e6) / 5.36e6 < 0.05
     assert abs(madds - 580e6) / 580e6 < 0.05
+
+
+@pytest.mark.parametrize("channels", [8, 16, 24])
+def test_batchnorm_fast_paths_match_torch(channels):
+    """renas_db.ops.BatchNorm takes other kernels on CPU channels_last inputs (narrow:
+    through NCHW; a sliced gradient: made dense) and must compute exactly what
+    nn.BatchNorm2d computes: outputs, running statistics and gradients."""
+    from renas_db.ops import BatchNorm
+    torch.manual_seed(0)
+    ours, ref = BatchNorm(channels), torch.nn.BatchNorm2d(channels)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5)
+        ref.bias.uniform_(-0.5, 0.5)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(6, channels, 9, 9).contiguous(memory_format=torch.channels_last)
+    # the gradient arrives as a channel slice of a wider channels_last tensor, as it
+    # does from the cell's concatenation
+    wide = torch.randn(6, 3 * channels, 9, 9).contiguous(memory_format=torch.channels_last)
+    grad = wide[:, channels:2 * channels]
+    outs, grads = [], []
+    for bn in (ours, ref):
+        xi = x.clone().requires_grad_(True)
+        y = bn(xi)
+        y.backward(grad)
+        outs.append(y)
+        grads.append((xi.grad, bn.weight.grad, bn.bias.grad))
+    assert outs[0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(outs[0], outs[1])
+    for a, b in zip(grads[0], grads[1]):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean)
+    torch.testing.assert_close(ours.running_var, ref.running_var)
+    assert list(ours.state_dict()) == list(ref.state_dict())
