@@ -76,11 +76,23 @@ class Statements:
             self.core[key], self.columns[key] = stmt, cols
         self.prefix = prefix
         self._plans: dict[str, _Plan] = {}
-        self._pairs: dict[tuple[str, str], Any] = {}
+        self._chains: dict[tuple[str, ...], Any] = {}
+        self._names: dict[str, list[str]] = {}
         self.enabled = os.environ.get("RENAS_DB_PREPARE", "1") != "0"
 
     def __getitem__(self, key: str) -> ClauseElement:
         return self.core[key]
+
+    def _own(self, conn: Connection, key: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameters statement `key` takes. Passing it the others would be wrong, not
+        only wasteful: SQLAlchemy reads a key that names a column of an UPDATE's or an
+        INSERT's table as a value to write there."""
+        names = self._names.get(key)
+        if names is None:
+            compiled = self.core[key].compile(dialect=conn.dialect,
+                                              column_keys=self.columns[key])
+            names = self._names[key] = [n for n, b in compiled.binds.items() if b.required]
+        return {n: params[n] for n in names if n in params}
 
     def _plan(self, key: str) -> _Plan:
         plan = self._plans.get(key)
@@ -90,29 +102,33 @@ class Statements:
         return plan
 
     def run(self, conn: Connection, key: str, params: Mapping[str, Any] | None = None, *,
-            first: str | None = None) -> CursorResult:
-        """Execute statement `key`; `first` (a key) runs before it in the same round trip
-        where statements are prepared, and its result is discarded."""
+            before: Sequence[str] = ()) -> CursorResult:
+        """Execute statement `key`. The statements named in `before` run first, in the same
+        round trip where statements are prepared (else one by one); their results are
+        discarded, so they must be ones whose outcome needs no checking."""
         params = dict(params or {})
         if conn.dialect.name != "postgresql" or not self.enabled:
-            if first is not None:
-                conn.execute(self.core[first], params)
-            return conn.execute(self.core[key], params)
+            for k in before:
+                conn.execute(self.core[k], self._own(conn, k, params))
+            return conn.execute(self.core[key], self._own(conn, key, params))
+        keys = (*before, key)
         info = conn.connection.info  # lives as long as this server connection
         prepared = info.setdefault("renas_prepared", set())
-        for k in (key,) if first is None else (first, key):
+        for k in keys:
             plan = self._plan(k)
             if plan.name not in prepared:
                 # PREPARE outlives a rollback; the body has no % the driver could misread
                 conn.exec_driver_sql(plan.prepare)
                 prepared.add(plan.name)
-        if first is None:
+        if not before:
             return conn.execute(self._plan(key).execute, params)
-        pair = self._pairs.get((first, key))
-        if pair is None:
-            a, b = self._plan(first), self._plan(key)
-            # each statement of the string takes its own snapshot: `key` sees what
-            # committed while `first` waited (a lock)
-            pair = self._pairs[(first, key)] = _text(f"{a.call}; {b.call}",
-                                                     {**a.binds, **b.binds})
-        return conn.execute(pair, params)
+        chain = self._chains.get(keys)
+        if chain is None:
+            plans = [self._plan(k) for k in keys]
+            binds: dict[str, Any] = {}
+            for plan in plans:
+                binds.update(plan.binds)
+            # each statement of the string takes its own snapshot: a later one sees what
+            # committed while an earlier one waited (for a lock)
+            chain = self._chains[keys] = _text("; ".join(p.call for p in plans), binds)
+        return conn.execute(chain, params)

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from sqlalchemy import Float, Integer, bindparam, exists, func, insert, select, update
+from sqlalchemy import Float, Integer, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -263,11 +263,16 @@ _Q = Statements("renas", {
             _J.c.search_id == _SID, _J.c.kind == STEP, _J.c.state.in_(_PENDING),
             _J.c.victim_id.is_not(None)))),
     "insert_step": (insert(_J).values(heartbeat_at=db_now(), claimed_at=db_now(),
-                                      created_at=db_now()).returning(_J.c.id),
+                                      created_at=db_now()),
                     ("search_id", "kind", "state", "parent_id", "victim_id", "sample",
                      "step_index", "attempt", "max_attempts", "lease_token", "worker_id")),
-    "parent": select(_I.c.genotype, _I.c.fitness, _I.c.checkpoint_uri,
-                     _I.c.checkpoint_sha256).where(_I.c.id == bindparam("pid", type_=Integer)),
+    # the step just inserted (found by its unique key) and its parent, in the insert's
+    # round trip
+    "new_step": select(_J.c.id, _PARENT.c.genotype, _PARENT.c.fitness,
+                       _PARENT.c.checkpoint_uri, _PARENT.c.checkpoint_sha256)
+    .select_from(_J.join(_PARENT, _PARENT.c.id == _J.c.parent_id))
+    .where(_J.c.search_id == bindparam("search_id", type_=Integer), _J.c.kind == STEP,
+           _J.c.step_index == bindparam("step_index", type_=Integer)),
     "start": update(_S).where(_S.c.id == _SID, _S.c.status == CREATED).values(status=RUNNING),
     # finished: every step created, no init or step job pending (a dead init job fails
     # the search instead, so nothing pending means the population was complete)
@@ -279,12 +284,17 @@ _Q = Statements("renas", {
         >= bindparam("steps", type_=Integer))
     .values(status=FINISHED, finished_at=db_now()),
     "event": (insert(_EV).values(created_at=db_now()), ("kind", "message", "search_id")),
-    # the lease fence and the state change in one statement
-    "done": update(_J).where(_J.c.id == bindparam("jid", type_=Integer), _J.c.state == CLAIMED,
-                             _J.c.lease_token == bindparam("tok", type_=_J.c.lease_token.type))
+    # the lease fence, the victim check and the state change in one statement: with the
+    # job row locked by it and the victim reserved by this job, the kill that follows
+    # cannot miss
+    "done": update(_J).where(
+        _J.c.id == bindparam("jid", type_=Integer), _J.c.state == CLAIMED,
+        _J.c.lease_token == bindparam("tok", type_=_J.c.lease_token.type),
+        or_(_J.c.victim_id.is_(None),
+            exists().where(_I.c.id == _J.c.victim_id, _I.c.alive.is_(True))))
     .values(state=DONE, finished_at=db_now(), error=None)
     .returning(_J.c.kind, _J.c.parent_id, _J.c.victim_id),
-    "applied": select(_J.c.state, _J.c.attempt, _J.c.lease_token, _I.c.id)
+    "applied": select(_J.c.state, _J.c.attempt, _J.c.lease_token, _J.c.victim_id, _I.c.id)
     .select_from(_J.outerjoin(_I, _I.c.job_id == _J.c.id))
     .where(_J.c.id == bindparam("jid", type_=Integer)),
     "child": (insert(_I).values(created_at=db_now()).returning(_I.c.id),
@@ -295,8 +305,11 @@ _Q = Statements("renas", {
     "kill": update(_I).where(_I.c.id == bindparam("vid", type_=Integer),
                              _I.c.alive.is_(True)).values(
         alive=False, died_at=db_now(), removed_by_job_id=bindparam("jid", type_=Integer)),
-    "episode": (insert(_EP), ("search_id", "job_id", "controller_version", "actions",
-                              "log_prob", "reward", "fitness")),
+    # sent with the child's INSERT, whose parameters it shares (controller_version may
+    # be None there; an episode's is 0 then)
+    "episode": (insert(_EP).values(controller_version=func.coalesce(
+        bindparam("controller_version", type_=Integer), 0)),
+        ("search_id", "job_id", "actions", "log_prob", "reward", "fitness")),
     "worker_done": update(_W).where(_W.c.id == bindparam("wid", type_=Integer))
     .values(jobs_done=_W.c.jobs_done + 1, heartbeat_at=db_now()),
 })
@@ -324,7 +337,7 @@ def claim(store: Store, search_id: int, worker_id: int) -> ClaimedJob | None:
         params = {"sid": search_id, "age": -cached[1].lease_seconds if cached else 0.0}
         # the search lock and the state read in one round trip on PostgreSQL
         state = _Q.run(conn, "state", params,
-                       first="lock" if conn.dialect.name == "postgresql" else None).first()
+                       before=("lock",) if conn.dialect.name == "postgresql" else ()).first()
         if state is None:
             return None
         config = _config_of(search_id, state.config)
@@ -378,16 +391,15 @@ def _create_step(conn: Connection, search_id: int, state: Any, config: SearchCon
         return None  # too many steps in flight for this population: wait for a commit
     t = tournament([Candidate(r[0], r[1]) for r in rows], config.sample, config.removal,
                    step_rng(config.seed, step_index))
-    job_id = _Q.run(conn, "insert_step", {
+    step = _Q.run(conn, "new_step", {
         "search_id": search_id, "kind": STEP, "state": CLAIMED, "parent_id": t.parent_id,
         "victim_id": t.victim_id, "sample": list(t.sample), "step_index": step_index,
         "attempt": 1, "max_attempts": config.max_attempts, "lease_token": token,
-        "worker_id": worker_id}).scalar_one()
-    p = _Q.run(conn, "parent", {"pid": t.parent_id}).one()
-    return ClaimedJob(id=job_id, search_id=search_id, search_name=state.name, kind=STEP,
+        "worker_id": worker_id}, before=("insert_step",)).one()
+    return ClaimedJob(id=step[0], search_id=search_id, search_name=state.name, kind=STEP,
                       step_index=step_index, attempt=1, lease_token=token, config=config,
                       checkpoint_root=state.checkpoint_root, victim_id=t.victim_id,
-                      sample=list(t.sample), parent=ParentInfo(t.parent_id, *p))
+                      sample=list(t.sample), parent=ParentInfo(t.parent_id, *step[1:]))
 
 
 def _requeue_expired(s: Session, search: Search, job_ids: Sequence[int]) -> int:
@@ -439,11 +451,20 @@ def commit_job(store: Store, job: ClaimedJob, result: JobResult, worker_id: int)
     with store.connection() as conn:
         row = _Q.run(conn, "done", {"jid": job.id, "tok": job.lease_token}).first()
         if row is None:
-            state, attempt, token, child_id = _Q.run(conn, "applied", {"jid": job.id}).one()
+            state, attempt, token, victim, child_id = _Q.run(conn, "applied",
+                                                             {"jid": job.id}).one()
             if token == job.lease_token and child_id is not None:
                 return child_id
+            if token == job.lease_token and state == CLAIMED:
+                raise StateError(f"job {job.id}: victim {victim} is not alive")
             raise LeaseLost(f"job {job.id}: lease lost (now {state}, attempt {attempt})")
         origin = {INIT: INIT, STEP: CHILD, RETRAIN: RETRAIN}[row.kind]
+        before: tuple[str, ...] = ("worker_done",)
+        if row.kind == STEP:
+            before += ("kill",)
+            if result.log_prob is not None and result.reward is not None:
+                before += ("episode",)
+        # one round trip on PostgreSQL: the counter, the kill, the episode, the child
         child_id = _Q.run(conn, "child", {
             "search_id": job.search_id, "job_id": job.id, "origin": origin,
             "parent_id": row.parent_id, "genotype": result.genotype,
@@ -454,17 +475,9 @@ def commit_job(store: Store, job: ClaimedJob, result: JobResult, worker_id: int)
             "checkpoint_sha256": result.checkpoint_sha256,
             "examples_seen": result.examples_seen, "train_seconds": result.train_seconds,
             "controller_version": result.controller_version,
-            "mutation": result.mutation}).scalar_one()
-        if row.kind == STEP:
-            if _Q.run(conn, "kill", {"vid": row.victim_id, "jid": job.id}).rowcount != 1:
-                raise StateError(f"job {job.id}: victim {row.victim_id} is not alive")
-            if result.log_prob is not None and result.reward is not None:
-                _Q.run(conn, "episode", {
-                    "search_id": job.search_id, "job_id": job.id,
-                    "controller_version": result.controller_version or 0,
-                    "actions": result.mutation or [], "log_prob": result.log_prob,
-                    "reward": result.reward, "fitness": result.fitness})
-        _Q.run(conn, "worker_done", {"wid": worker_id})
+            "mutation": result.mutation, "actions": result.mutation or [],
+            "log_prob": result.log_prob, "reward": result.reward,
+            "wid": worker_id, "vid": row.victim_id, "jid": job.id}, before=before).scalar_one()
         return child_id
 
 

@@ -182,3 +182,50 @@ def test_workers_stop_on_a_paused_search_and_resume_later(store, tmp_path):
     queries.set_search_status(store, "s", "running")
     assert Worker(store, opts).run().jobs_done == 4
     assert search_status(store, "s")["status"] == "finished"
+
+
+def test_commit_writes_exactly_child_victim_episode_and_counter(store, tmp_path):
+    """The commit's statements share one set of parameters (one round trip on
+    PostgreSQL): each must write only its own columns. The victim keeps its own genotype
+    and fitness, the child gets the result, the episode its fields, the worker +1."""
+    from renas_db.db.models import Episode, Individual, Worker
+    sid = searches.create(store, "s", _config(tmp_path, mutator="renas"))
+    wid = queries.register_worker(store, "h", 1, "cpu")
+    _fill_population(store, sid, wid)
+    job = queries.claim(store, sid, wid)
+    with store.transaction() as s:
+        before = s.get(Individual, job.victim_id)
+        victim_before = (before.genotype, before.fitness, before.job_id, before.origin)
+    child = queries.commit_job(store, job, _result(job, 0.77, mutation=[[0, "op1", 1]],
+                                                   controller_version=None, log_prob=-2.5,
+                                                   reward=0.3), wid)
+    with store.transaction() as s:
+        victim = s.get(Individual, job.victim_id)
+        assert (victim.genotype, victim.fitness, victim.job_id, victim.origin) == victim_before
+        assert not victim.alive and victim.removed_by_job_id == job.id
+        assert victim.died_at is not None
+        kid = s.get(Individual, child)
+        assert kid.alive and kid.fitness == 0.77 and kid.origin == "child"
+        assert kid.parent_id == job.parent.id and kid.mutation == [[0, "op1", 1]]
+        assert kid.controller_version is None
+        ep = s.scalars(select(Episode).where(Episode.job_id == job.id)).one()
+        assert (ep.controller_version, ep.actions, ep.log_prob, ep.reward, ep.fitness) == \
+            (0, [[0, "op1", 1]], -2.5, 0.3, 0.77)
+        assert s.get(Worker, wid).jobs_done == 5   # 4 init jobs + this step
+        assert s.get(Job, job.id).state == "done"
+
+
+def test_commit_refuses_a_dead_victim_and_writes_nothing(store, tmp_path):
+    from sqlalchemy import update
+    from renas_db.db.models import Individual
+    sid = searches.create(store, "s", _config(tmp_path))
+    wid = queries.register_worker(store, "h", 1, "cpu")
+    _fill_population(store, sid, wid)
+    job = queries.claim(store, sid, wid)
+    with store.transaction() as s:   # an impossible state, forced: the victim died
+        s.execute(update(Individual).where(Individual.id == job.victim_id).values(alive=False))
+    with pytest.raises(StateError, match="not alive"):
+        queries.commit_job(store, job, _result(job, 0.5), wid)
+    with store.transaction() as s:
+        assert s.get(Job, job.id).state == "running"
+        assert s.scalar(select(Individual.id).where(Individual.job_id == job.id)) is None
