@@ -62,12 +62,13 @@ class TrainingExecutor:
     def checkpoints(self, job: ClaimedJob) -> CheckpointStore:
         return CheckpointStore(self.checkpoint_root or job.checkpoint_root)
 
-    def dataset(self, job: ClaimedJob):  # type: ignore[no-untyped-def]
+    def dataset(self, job: ClaimedJob, name: str | None = None,
+                data_dir: str | None = None):  # type: ignore[no-untyped-def]
+        """The search's dataset (or the named one), loaded once per worker, on the device."""
         from renas_db.data import load_dataset
-        cfg = job.config
-        key = (cfg.dataset, cfg.data_dir)
+        key = (name, data_dir) if name else (job.config.dataset, job.config.data_dir)
         if key not in self._datasets:
-            self._datasets[key] = load_dataset(cfg.dataset, cfg.data_dir).to(self.device)
+            self._datasets[key] = load_dataset(*key).to(self.device)
         return self._datasets[key]
 
     def mutator(self, job: ClaimedJob):  # type: ignore[no-untyped-def]
@@ -192,7 +193,6 @@ class TrainingExecutor:
                  stop: threading.Event):  # type: ignore[no-untyped-def]
         """Train a cell from scratch with the full recipe; validation and test accuracy."""
         import torch
-        from renas_db.data import load_dataset
         from renas_db.network import Network, spec_for
         from renas_db.retrain import RetrainRecipe
         from renas_db.train import prepare, seeded_generator, train_from_scratch
@@ -200,11 +200,8 @@ class TrainingExecutor:
         recipe = RetrainRecipe.from_dict(job.params or {})
         genotype = space.parse(job.genotype)
         dataset_name = recipe.dataset or cfg.dataset
-        key = (dataset_name, recipe.data_dir if recipe.dataset else cfg.data_dir)
         with t.timed("load_data"):
-            if key not in self._datasets:
-                self._datasets[key] = load_dataset(*key).to(self.device)
-            data = self._datasets[key]
+            data = self.dataset(job, recipe.dataset, recipe.data_dir)
         spec = spec_for(dataset_name, cells=recipe.cells or cfg.cells,
                         filters=recipe.filters or cfg.filters,
                         auxiliary=recipe.aux_weight > 0, dropout=recipe.dropout)

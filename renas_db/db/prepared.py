@@ -53,12 +53,7 @@ class _Plan:
                         f") AS {body}")
         self.call = f"EXECUTE {name}({', '.join(':' + n for n in order)})"
         self.binds = {n: t for n, t in zip(order, types)}
-        self.execute = _text(self.call, self.binds)
         self.name = name
-
-
-def _text(sql: str, binds: Mapping[str, Any]) -> Any:
-    return text(sql).bindparams(*[bindparam(n, type_=t) for n, t in binds.items()])
 
 
 # an INSERT names the columns its parameters fill (they decide the statement's shape)
@@ -76,12 +71,9 @@ class Statements:
             self.core[key], self.columns[key] = stmt, cols
         self.prefix = prefix
         self._plans: dict[str, _Plan] = {}
-        self._chains: dict[tuple[str, ...], Any] = {}
+        self._calls: dict[tuple[str, ...], Any] = {}  # EXECUTE text per statement sequence
         self._names: dict[str, list[str]] = {}
         self.enabled = os.environ.get("RENAS_DB_PREPARE", "1") != "0"
-
-    def __getitem__(self, key: str) -> ClauseElement:
-        return self.core[key]
 
     def _own(self, conn: Connection, key: str, params: dict[str, Any]) -> dict[str, Any]:
         """The parameters statement `key` takes. Passing it the others would be wrong, not
@@ -120,15 +112,14 @@ class Statements:
                 # PREPARE outlives a rollback; the body has no % the driver could misread
                 conn.exec_driver_sql(plan.prepare)
                 prepared.add(plan.name)
-        if not before:
-            return conn.execute(self._plan(key).execute, params)
-        chain = self._chains.get(keys)
-        if chain is None:
+        calls = self._calls.get(keys)
+        if calls is None:
             plans = [self._plan(k) for k in keys]
             binds: dict[str, Any] = {}
             for plan in plans:
                 binds.update(plan.binds)
             # each statement of the string takes its own snapshot: a later one sees what
             # committed while an earlier one waited (for a lock)
-            chain = self._chains[keys] = _text("; ".join(p.call for p in plans), binds)
-        return conn.execute(chain, params)
+            calls = self._calls[keys] = text("; ".join(p.call for p in plans)).bindparams(
+                *[bindparam(n, type_=t) for n, t in binds.items()])
+        return conn.execute(calls, params)

@@ -212,8 +212,8 @@ def has_work(store: Store, search_id: int) -> bool:
 # -- the hot path: claim and commit ------------------------------------------------------
 # Claim and commit run once per child on every worker. They are Core statements built once
 # at import and, on PostgreSQL, prepared once per connection (renas_db/db/prepared.py): a
-# step's claim is 5 statements, a commit 6, and no ORM objects. The rare branches (expired
-# leases) use the ORM helpers on the same connection.
+# step's claim is 3 round trips and a commit 2, plus their COMMITs, and no ORM objects. The
+# rare branch (expired leases) uses the ORM helpers on the same connection.
 _J, _I, _S = Job.__table__, Individual.__table__, Search.__table__
 _W, _EV, _EP = Worker.__table__, Event.__table__, Episode.__table__
 _PARENT = _I.alias("parent")
@@ -324,9 +324,27 @@ def _config_of(search_id: int, raw: dict) -> SearchConfig:
     return hit[1]
 
 
+def _lock(conn: Connection) -> tuple[str, ...]:
+    """The statement that serialises claims on a search, to run first (PostgreSQL only:
+    on SQLite the write transaction's BEGIN IMMEDIATE already does)."""
+    return ("lock",) if conn.dialect.name == "postgresql" else ()
+
+
 def _lock_search(conn: Connection, search_id: int) -> None:
-    if conn.dialect.name == "postgresql":
-        _Q.run(conn, "lock", {"sid": search_id})
+    for key in _lock(conn):
+        _Q.run(conn, key, {"sid": search_id})
+
+
+def _sweep(conn: Connection, search_id: int, lease_seconds: float) -> int:
+    """Expired leases back to the queue, or dead after max_attempts (the ORM writes the
+    requeues and their events; this is the rare branch)."""
+    expired = _Q.run(conn, "expired", {"sid": search_id, "age": -lease_seconds}).scalars().all()
+    if not expired:
+        return 0
+    with Session(bind=conn) as s:
+        _requeue_expired(s, s.get(Search, search_id), expired)
+        s.flush()
+    return len(expired)
 
 
 def claim(store: Store, search_id: int, worker_id: int) -> ClaimedJob | None:
@@ -336,18 +354,13 @@ def claim(store: Store, search_id: int, worker_id: int) -> ClaimedJob | None:
         cached = _configs.get(search_id)
         params = {"sid": search_id, "age": -cached[1].lease_seconds if cached else 0.0}
         # the search lock and the state read in one round trip on PostgreSQL
-        state = _Q.run(conn, "state", params,
-                       before=("lock",) if conn.dialect.name == "postgresql" else ()).first()
+        state = _Q.run(conn, "state", params, before=_lock(conn)).first()
         if state is None:
             return None
         config = _config_of(search_id, state.config)
         if params["age"] != -config.lease_seconds or state.expired:
             params["age"] = -config.lease_seconds
-            expired = _Q.run(conn, "expired", params).scalars().all()
-            if expired:
-                with Session(bind=conn) as s:  # rare: the ORM writes requeues and events
-                    _requeue_expired(s, s.get(Search, search_id), expired)
-                    s.flush()
+            if _sweep(conn, search_id, config.lease_seconds):
                 state = _Q.run(conn, "state", params).one()  # a dead init job fails it
         if state.status not in ACTIVE + (FINISHED,):
             return None
@@ -402,12 +415,10 @@ def _create_step(conn: Connection, search_id: int, state: Any, config: SearchCon
                       sample=list(t.sample), parent=ParentInfo(t.parent_id, *step[1:]))
 
 
-def _requeue_expired(s: Session, search: Search, job_ids: Sequence[int]) -> int:
-    jobs = s.scalars(select(Job).where(Job.id.in_(list(job_ids))).order_by(Job.id)).all()
-    for job in jobs:
+def _requeue_expired(s: Session, search: Search, job_ids: Sequence[int]) -> None:
+    for job in s.scalars(select(Job).where(Job.id.in_(list(job_ids))).order_by(Job.id)):
         _requeue_or_kill(s, search, job, "lease expired",
                          f"lease expired (worker {job.worker_id}, attempt {job.attempt})")
-    return len(jobs)
 
 
 def _requeue_or_kill(s: Session, search: Search, job: Job, kind: str, why: str) -> None:
@@ -508,12 +519,9 @@ def recover(store: Store, name: str) -> dict[str, int]:
         search = get_search(s, name)
         _lock_search(s.connection(), search.id)
         config = SearchConfig.from_dict(search.config)
-        expired = s.scalars(_Q["expired"], {"sid": search.id,
-                                             "age": -config.lease_seconds}).all()
-        swept = _requeue_expired(s, search, expired)
-        s.flush()
-        if search.status in ACTIVE:
-            _finish_if_complete(s.connection(), search.id, config)
+        swept = _sweep(s.connection(), search.id, config.lease_seconds)
+        # a no-op unless the search is still created or running (the UPDATE checks)
+        _finish_if_complete(s.connection(), search.id, config)
         queued = s.scalar(select(func.count()).where(Job.search_id == search.id,
                                                      Job.state == QUEUED))
         running = s.scalar(select(func.count()).where(Job.search_id == search.id,
