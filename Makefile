@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 TORCH := torch==2.14.1 torchvision==0.29.1
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install test demo bench clean
+.PHONY: install lint test test-fast demo bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,14 @@ $(VENV)/.torch: | $(VENV)/bin/python
 	$(PIP) install -q $(TORCH)
 	touch $@
 
+# build/ is removed first: setuptools would otherwise pack files deleted from the tree
 install: $(VENV)/.torch
-	$(PIP) install -q '.[test]'
+	rm -rf build
+	$(PIP) install -q '.[test,dev]'
+
+lint: install
+	$(VENV)/bin/ruff check renas_db cli tests bench
+	$(VENV)/bin/mypy renas_db cli
 
 $(FASHION):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
@@ -25,8 +31,12 @@ $(FASHION):
 
 # The installed (non-editable) package is what the tests import: run from tests' rootdir
 # with importlib mode so the checkout does not shadow site-packages.
-test: install
-	$(VENV)/bin/pytest -n 3 --dist loadfile -p no:cacheprovider -rs tests
+test: install lint
+	$(VENV)/bin/pytest -n 3 --dist loadfile -p no:cacheprovider -rs --durations=15 tests
+
+# No real processes: unit tests (no database) and integration tests (a real database).
+test-fast: install
+	$(VENV)/bin/pytest -n 3 --dist loadfile -p no:cacheprovider -rs tests/unit tests/integration
 
 demo: install $(FASHION)
 	bash docs/demo.sh

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 
@@ -39,22 +39,18 @@ def migrated_store(url: str):  # type: ignore[no-untyped-def]
 
 def fake_result(job, fitness: float = 0.5):  # type: ignore[no-untyped-def]
     """A tiny fixed result: no training, no checkpoint file (coordination only)."""
-    from renas_db.db.queries import JobResult
-    from renas_db.space import parse
-    g = parse(job.genotype or job.parent.genotype)
-    return JobResult(genotype=g.to_text(), arch_hash=g.arch_hash(), fitness=fitness,
-                     val_loss=0.5, checkpoint_uri=f"{job.search_name}/{job.id}.pt",
-                     checkpoint_sha256="0" * 64, examples_seen=0, train_seconds=0.0)
+    from renas_db.testing import fake_result_for
+    return fake_result_for(job, fitness, val_loss=0.5)
 
 
 def cycle(store, search_id: int, worker_id: int, fitness: float) -> float | None:  # type: ignore[no-untyped-def]
     """One claim + commit through the library; seconds, or None when there is no work."""
-    from renas_db.db import queries
+    from renas_db.db import protocol
     t = time.perf_counter()
-    job = queries.claim(store, search_id, worker_id)
+    job = protocol.claim(store, search_id, worker_id)
     if job is None:
         return None
-    queries.commit_job(store, job, fake_result(job, fitness), worker_id)
+    protocol.commit_job(store, job, fake_result(job, fitness), worker_id)
     return time.perf_counter() - t
 
 

@@ -20,10 +20,10 @@ from common import cycle, fresh_pg, fresh_sqlite, median, migrated_store, ms, pc
 
 
 def _renas_proc(url: str, search_id: int, n: int, start, out) -> None:  # type: ignore[no-untyped-def]
-    from renas_db.db import queries
+    from renas_db.db import admin
     from renas_db.db.session import Store
     store = Store(url)
-    wid = queries.register_worker(store, "bench", os.getpid(), "none")
+    wid = admin.register_worker(store, "bench", os.getpid(), "none")
     start.wait()
     lat = []
     for i in range(n):
@@ -71,12 +71,12 @@ def _run(target, args_for, k: int):  # type: ignore[no-untyped-def]
 def renas(url: str, k: int, n: int):  # type: ignore[no-untyped-def]
     from renas_db import searches
     from renas_db.config import SearchConfig
-    from renas_db.db import queries
+    from renas_db.db import admin
     store = migrated_store(url)
     cfg = SearchConfig(population=20, sample=2, steps=k * n + 100, mutator="random",
                        lease_seconds=600)
     sid = searches.create(store, "coord", cfg)
-    wid = queries.register_worker(store, "setup", os.getpid(), "none")
+    wid = admin.register_worker(store, "setup", os.getpid(), "none")
     for i in range(20):  # the initial population, so every timed cycle is a step
         cycle(store, sid, wid, 0.1 + i / 100)
     store.dispose()

@@ -16,7 +16,8 @@ from common import cycle, fresh_pg, fresh_sqlite, median, migrated_store, ms, pc
 
 def fill(store, search_id: int, n: int) -> None:  # type: ignore[no-untyped-def]
     """n dead children with their done step jobs, episodes and events, in bulk."""
-    from sqlalchemy import insert, select, func
+    from sqlalchemy import func, insert, select
+
     from renas_db.db.models import Episode, Event, Individual, Job
     with store.transaction() as s:
         # negative init indices below every existing one: never collide, never steps
@@ -51,12 +52,12 @@ def fill(store, search_id: int, n: int) -> None:  # type: ignore[no-untyped-def]
 def measure(url: str, sizes: list[int], cycles: int, analyze: bool) -> dict[int, list[float]]:
     from renas_db import searches
     from renas_db.config import SearchConfig
-    from renas_db.db import queries
+    from renas_db.db import admin
     store = migrated_store(url)
     cfg = SearchConfig(population=20, sample=5, steps=10**8, mutator="random",
                        lease_seconds=600)
     sid = searches.create(store, "hist", cfg)
-    wid = queries.register_worker(store, "bench", os.getpid(), "none")
+    wid = admin.register_worker(store, "bench", os.getpid(), "none")
     for i in range(20):
         cycle(store, sid, wid, 0.1 + i / 100)
     out, filled = {}, 0

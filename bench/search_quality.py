@@ -56,11 +56,13 @@ def main() -> None:
                       f"{st['mean_fitness']:.4f} examples {st['examples']}", flush=True)
     print(f"\n{args.mode} mode, {seeds} seeds, P={m['population']} S={m['sample']} "
           f"E={m['steps']}: mean (spread = stdev) over seeds")
+    def sd(xs: list[float]) -> float:
+        return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
     for variant, _ in VARIANTS:
         rs = results[variant]
         best = [r["best_fitness"] for r in rs]
         mean = [r["mean_fitness"] for r in rs]
-        sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)
         print(f"{variant:<14} best {statistics.mean(best):.4f} ({sd(best):.4f})  "
               f"population mean {statistics.mean(mean):.4f} ({sd(mean):.4f})  "
               f"examples {statistics.mean(r['examples'] for r in rs):.0f}")

@@ -37,6 +37,7 @@ def _torchvision_root(data_dir: str) -> str:
 def baseline_round(root: str, genotype, spec, images: int, batch: int) -> float:
     import torchvision
     from torchvision import transforms
+
     from renas_db.network import Network
     tf = transforms.Compose([transforms.RandomCrop(28, padding=2),
                              transforms.RandomHorizontalFlip(), transforms.ToTensor(),

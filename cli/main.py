@@ -27,8 +27,13 @@ def cli(ctx: click.Context, db_url: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from renas_db.cli import (db_commands, history_commands, retrain_commands,
-                              search_commands, worker_commands)
+    from renas_db.cli import (
+        db_commands,
+        history_commands,
+        retrain_commands,
+        search_commands,
+        worker_commands,
+    )
     for module in (db_commands, search_commands, worker_commands, history_commands,
                    retrain_commands):
         for command in module.COMMANDS:

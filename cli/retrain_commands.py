@@ -8,6 +8,8 @@ import click
 from renas_db.cli.context import AppContext, pass_app
 from renas_db.cli.render import as_json, message, out, table
 from renas_db.cli.search_commands import build_config, config_options
+from renas_db.datasets import DATASETS
+from renas_db.mutators import MUTATORS
 
 
 @click.command("retrain")
@@ -21,7 +23,7 @@ from renas_db.cli.search_commands import build_config, config_options
 @click.option("--epochs", type=float, default=1.0, show_default=True)
 @click.option("--lr", type=float, default=0.05, show_default=True, help="Cosine from this.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--dataset", type=click.Choice(["fashion-mnist", "cifar10", "synthetic"]),
+@click.option("--dataset", type=click.Choice(list(DATASETS)),
               help="Default: the search's dataset.")
 @click.option("--data-dir", help="Dataset folder.")
 @click.option("--cells", type=click.IntRange(1), help="Cells per stage N (default: search's).")
@@ -87,7 +89,8 @@ def study() -> None:
 @study.command("create")
 @click.argument("name")
 @click.option("--groups", type=click.IntRange(1, 1000), required=True)
-@click.option("--mutators", default="renas,random", show_default=True)
+@click.option("--mutators", default="renas,random", show_default=True,
+              help=f"Comma-separated mutators, each of {', '.join(MUTATORS)}.")
 @click.option("--same-init/--different-inits", default=True, show_default=True,
               help="One initial population seed for every group, or one seed per group.")
 @config_options

@@ -1,13 +1,15 @@
 """renas-db search create | list | show | pause | resume"""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from renas_db.cli.context import AppContext, pass_app
 from renas_db.cli.render import as_json, message, out, table
 from renas_db.config import SearchConfig, field_type, load_toml, option_fields
+from renas_db.jobs import SearchStatus
 
 
 def config_options(fn: Callable) -> Callable:
@@ -66,7 +68,7 @@ def list_cmd(app: AppContext, as_json_: bool) -> None:
 
     Example: renas-db search list --json
     """
-    from renas_db.db.queries import list_searches
+    from renas_db.db.admin import list_searches
     rows = list_searches(app.store())
     if as_json_:
         as_json(rows)
@@ -97,12 +99,12 @@ def show_cmd(app: AppContext, name: str, as_json_: bool) -> None:
         table(info["best"], ["id", "origin", "fitness", "genotype"], title="best alive")
 
 
-def _status_command(verb: str, status: str) -> click.Command:
+def _status_command(verb: str, status: SearchStatus) -> click.Command:
     @click.command(verb)
     @click.argument("name")
     @pass_app
     def cmd(app: AppContext, name: str) -> None:
-        from renas_db.db.queries import set_search_status
+        from renas_db.db.admin import set_search_status
         old = set_search_status(app.store(), name, status)
         message(f"search {name}: {old} -> {status}")
     cmd.__doc__ = (f"{verb.capitalize()} a search: workers "
@@ -112,7 +114,7 @@ def _status_command(verb: str, status: str) -> click.Command:
     return cmd
 
 
-search.add_command(_status_command("pause", "paused"))
-search.add_command(_status_command("resume", "running"))
+search.add_command(_status_command("pause", SearchStatus.PAUSED))
+search.add_command(_status_command("resume", SearchStatus.RUNNING))
 
 COMMANDS = [search]

@@ -7,7 +7,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,6 +16,13 @@ from renas_db.cli.context import AppContext, pass_app
 from renas_db.cli.render import as_json, err, message, out
 from renas_db.cli.search_commands import build_config, config_options
 from renas_db.errors import ConfigError, RenasError
+from renas_db.jobs import ClaimedJob, JobState, SearchStatus
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from renas_db.db.session import Store
+    from renas_db.worker import ProgressFactory
 
 
 def _device(gpu: int | None, cpu: bool) -> str:
@@ -23,13 +31,13 @@ def _device(gpu: int | None, cpu: bool) -> str:
     return f"cuda:{gpu}" if gpu is not None else "cpu"
 
 
-def _progress_factory():  # type: ignore[no-untyped-def]
+def _progress_factory() -> ProgressFactory | None:
     """A rich progress bar per job when stderr is a terminal."""
     if not sys.stderr.isatty():
         return None
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    def make(job):  # type: ignore[no-untyped-def]
+    def make(job: ClaimedJob) -> Callable[[int, int], None]:
         progress = Progress(TextColumn(f"job {job.id} {job.kind} {job.step_index}"),
                             BarColumn(), TextColumn("{task.completed}/{task.total} examples"),
                             TimeRemainingColumn(), console=err, transient=True)
@@ -81,7 +89,7 @@ def worker_cmd(app: AppContext, search_name: str | None, gpu: int | None, cpu: b
     wlog.propagate = False
     store = app.store()
     if search_name is not None:
-        from renas_db.db.queries import active_search_ids
+        from renas_db.db.admin import active_search_ids
         active_search_ids(store, search_name)  # unknown search: one clear error
     options = WorkerOptions(search=search_name, device=_device(gpu, cpu), threads=threads,
                             max_jobs=max_jobs, checkpoint_root=checkpoint_root,
@@ -123,7 +131,7 @@ def run_cmd(app: AppContext, name: str, n_workers: int, threads: int | None,
     Example: renas-db run demo --workers 2 --population 8 --steps 24 --train-subset 2000
     """
     from renas_db import searches
-    from renas_db.db.queries import RUNNING, describe_or_none, set_search_status
+    from renas_db.db.admin import describe_or_none, set_search_status
     store = app.store()
     info = describe_or_none(store, name)
     if info is None:
@@ -135,9 +143,9 @@ def run_cmd(app: AppContext, name: str, n_workers: int, threads: int | None,
         given = {k: v for k, v in options.items() if v is not None}
         if given or config_file:
             message(f"search {name} exists: resuming it; search options are ignored")
-        if info["status"] == "paused":
-            set_search_status(store, name, RUNNING)
-        elif info["status"] in ("finished", "failed"):
+        if info["status"] == SearchStatus.PAUSED:
+            set_search_status(store, name, SearchStatus.RUNNING)
+        elif info["status"] in (SearchStatus.FINISHED, SearchStatus.FAILED):
             _final(store, name)
             return
         message(f"resuming search {name} ({info['status']})")
@@ -191,20 +199,21 @@ def _local_devices(n: int) -> list[str]:
     return [f"cuda:{i}" if i < gpus else "cpu" for i in range(n)]
 
 
-def _watch(store, name: str, procs: list[subprocess.Popen]) -> None:  # type: ignore[no-untyped-def]
+def _watch(store: Store, name: str, procs: list[subprocess.Popen[bytes]]) -> None:
     from rich.live import Live
+
     from renas_db.db.reports import search_status
     with Live(console=err, refresh_per_second=1, transient=True) as live:
         while any(p.poll() is None for p in procs):
             try:
                 live.update(_status_table(search_status(store, name)))
-            except RenasError:
-                pass
+            except RenasError as exc:  # an outage: keep the last table, say why
+                err.print(f"status unavailable: {exc}")
             time.sleep(2)
         live.update(_status_table(search_status(store, name)))
 
 
-def _final(store, name: str) -> None:  # type: ignore[no-untyped-def]
+def _final(store: Store, name: str) -> None:
     from renas_db.db.reports import describe_search, search_status
     st = search_status(store, name)
     out.print(_status_table(st))
@@ -214,8 +223,9 @@ def _final(store, name: str) -> None:  # type: ignore[no-untyped-def]
                   f"{best[0]['fitness']:.4f}): {best[0]['genotype']}")
 
 
-def _status_table(st: dict[str, Any]):  # type: ignore[no-untyped-def]
+def _status_table(st: dict[str, Any]) -> Table:
     from rich.table import Table
+
     from renas_db.cli.render import fmt
     t = Table(title=f"{st['name']} ({st['status']}, {st['mutator']})", show_header=False)
     rows = [("initial population", f"{st['init_done']}/{st['population']}"),
@@ -226,7 +236,7 @@ def _status_table(st: dict[str, Any]):  # type: ignore[no-untyped-def]
             ("controller version / mean reward",
              f"{fmt(st['controller_version'])} / {fmt(st['controller_mean_reward'])}"),
             ("jobs queued / running / done / dead",
-             " / ".join(str(st["jobs"][k]) for k in ("queued", "running", "done", "dead"))),
+             " / ".join(str(st["jobs"][k]) for k in JobState)),
             ("#M models / #Ex per model / Cost examples",
              f"{st['models_trained']} / {fmt(st['examples_per_model'])} / {st['examples']}"),
             ("failures and expired leases", st["failures"])]
@@ -250,7 +260,7 @@ def status_cmd(app: AppContext, name: str | None, watch: bool, as_json_: bool) -
 
     Example: renas-db status demo --watch
     """
-    from renas_db.db.queries import list_searches
+    from renas_db.db.admin import list_searches
     from renas_db.db.reports import search_status
     store = app.store()
     names = [name] if name else [r["name"] for r in list_searches(store)]
@@ -283,7 +293,7 @@ def recover_cmd(app: AppContext, name: str) -> None:
 
     Example: renas-db recover demo
     """
-    from renas_db.db.queries import recover
+    from renas_db.db.protocol import recover
     r = recover(app.store(), name)
     message(f"{name}: {r['requeued_or_dead']} expired jobs requeued or dead; "
             f"{r['queued']} queued, {r['running']} running")
@@ -299,10 +309,10 @@ def check_cmd(app: AppContext, name: str, checkpoint_root: str | None) -> None:
 
     Example: renas-db check demo
     """
-    from renas_db.db.reports import check_invariants
+    from renas_db.db.reports import check_invariants, explain
     problems = check_invariants(app.store(), name, checkpoint_root)
     for p in problems:
-        click.echo(f"violated {p}")
+        click.echo(f"violated {explain(p)}")
     if problems:
         raise RenasError(f"{len(problems)} invariant(s) violated in search {name}")
     message(f"{name}: all invariants hold")

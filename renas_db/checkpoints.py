@@ -10,8 +10,11 @@ import io
 import os
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any
+
+import torch
 
 from renas_db.errors import CheckpointError
 
@@ -31,7 +34,6 @@ class CheckpointStore:
 
     def save(self, uri: str, payload: dict[str, Any]) -> str:
         """Write atomically; return the sha256 of the file."""
-        import torch
         buf = io.BytesIO()
         torch.save({"format": FORMAT, **payload}, buf)
         data = buf.getvalue()
@@ -47,7 +49,6 @@ class CheckpointStore:
         return hashlib.sha256(data).hexdigest()
 
     def load(self, uri: str, sha256: str | None) -> dict[str, Any]:
-        import torch
         path = self.path(uri)
         try:
             data = path.read_bytes()

@@ -8,16 +8,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from renas_db.datasets import DATASETS
 from renas_db.errors import ConfigError
+from renas_db.mutators import MUTATORS
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # Python 3.10
+    import tomli as tomllib
 
 
 def _f(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
@@ -33,13 +36,12 @@ class SearchConfig:
     steps: int = _f(4000, "evolution steps E (children after the initial population)",
                     lo=0, hi=10**9)
     mutator: str = _f("renas", "how children are mutated",
-                      choices=("renas", "random", "single"))
+                      choices=tuple(MUTATORS))
     removal: str = _f("worst", "which individual a step removes", choices=("worst", "oldest"))
     blocks: int = _f(5, "blocks per cell B", lo=1, hi=12)
     cells: int = _f(2, "cells per stage N during the search", lo=1, hi=12)
     filters: int = _f(24, "filters of the first stage F", lo=2, hi=1024)
-    dataset: str = _f("fashion-mnist", "dataset name",
-                      choices=("fashion-mnist", "cifar10", "synthetic"))
+    dataset: str = _f("fashion-mnist", "dataset name", choices=tuple(DATASETS))
     data_dir: str | None = _f(None, "dataset folder (default: the dataset's standard place)",
                               optional=True)
     train_subset: int | None = _f(None, "use only this many training examples", lo=1,
@@ -91,7 +93,7 @@ class SearchConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SearchConfig":
+    def from_dict(cls, values: dict[str, Any]) -> SearchConfig:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -100,10 +102,10 @@ class SearchConfig:
         return cls(**{k: _coerce(known[k], v) for k, v in values.items()})
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "SearchConfig":
+    def from_toml(cls, path: str | Path) -> SearchConfig:
         return cls.from_dict(load_toml(path))
 
-    def replace(self, **changes: Any) -> "SearchConfig":
+    def replace(self, **changes: Any) -> SearchConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
 
@@ -161,8 +163,8 @@ def _check(f: dataclasses.Field, value: Any) -> None:
     if t is float and isinstance(value, float) and not math.isfinite(value):
         ok = False
     if not ok:
-        raise ConfigError(f"{f.name} must be {'a number' if t is float else 'an integer' if t is int else 'a string'}, "
-                          f"got {value!r}")
+        kind = "a number" if t is float else "an integer" if t is int else "a string"
+        raise ConfigError(f"{f.name} must be {kind}, got {value!r}")
     if meta.get("choices") and value not in meta["choices"]:
         raise ConfigError(f"{f.name} must be one of {', '.join(meta['choices'])}, got {value!r}")
     lo, hi = meta.get("lo"), meta.get("hi")

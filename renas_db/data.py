@@ -7,15 +7,16 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
+import numpy as np
 import torch
 
+from renas_db.datasets import DatasetInfo, dataset_info
 from renas_db.errors import DataError
 
-FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_HINT = ("install it with `apt-get install dataset-fashion-mnist` or point "
                 "--data-dir at a folder with the four idx files")
 CIFAR_HINT = ("download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, "
@@ -31,10 +32,10 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def to(self, device: torch.device) -> "Split":
+    def to(self, device: torch.device) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
 
-    def head(self, n: int | None) -> "Split":
+    def head(self, n: int | None) -> Split:
         return self if n is None or n >= len(self) else Split(self.images[:n], self.labels[:n])
 
 
@@ -63,7 +64,7 @@ class Dataset:
     def image_size(self) -> int:
         return int(self.train.images.shape[2])
 
-    def to(self, device: torch.device) -> "Dataset":
+    def to(self, device: torch.device) -> Dataset:
         return replace(self, train=self.train.to(device), val=self.val.to(device),
                        test=self.test.to(device))
 
@@ -104,8 +105,13 @@ def _split_validation(images: torch.Tensor, labels: torch.Tensor, n_val: int
     return Split(images[train], labels[train]), Split(images[val], labels[val])
 
 
+def augment_for(info: DatasetInfo) -> Augment:
+    return Augment(pad=info.augment_pad, flip=info.augment_flip)
+
+
 def load_fashion_mnist(data_dir: str | None) -> Dataset:
-    folder = Path(data_dir or FASHION_DIR)
+    info = dataset_info("fashion-mnist")
+    folder = Path(data_dir or info.default_dir or ".")
     parts = {}
     for key, stem, images in (("xtr", "train-images-idx3-ubyte", True),
                               ("ytr", "train-labels-idx1-ubyte", False),
@@ -117,19 +123,20 @@ def load_fashion_mnist(data_dir: str | None) -> Dataset:
         if len(parts[x]) != len(parts[y]):
             raise DataError(f"{folder}: {len(parts[x])} images but {len(parts[y])} labels; "
                             f"{FASHION_HINT}")
-        if len(parts[y]) and int(parts[y].max()) > 9:
-            raise DataError(f"{folder}: labels out of range 0..9; {FASHION_HINT}")
+        if len(parts[y]) and int(parts[y].max()) >= info.num_classes:
+            raise DataError(f"{folder}: labels out of range 0..{info.num_classes - 1}; "
+                            f"{FASHION_HINT}")
     n_val = min(5000, len(parts["ytr"]) // 10 or 1)
     train, val = _split_validation(parts["xtr"], parts["ytr"], n_val)
-    return Dataset("fashion-mnist", train, val, Split(parts["xte"], parts["yte"]),
-                   (0.2860,), (0.3530,), Augment(pad=2, flip=True))
+    return Dataset(info.name, train, val, Split(parts["xte"], parts["yte"]),
+                   (0.2860,), (0.3530,), augment_for(info))
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """CIFAR's python batches are pickles: allow only numpy array reconstruction, so a
     hostile file cannot run code."""
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str):  # type: ignore[no-untyped-def]
         if (module, name) in self.ALLOWED:
@@ -144,9 +151,9 @@ def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     except FileNotFoundError:
         raise DataError(f"{path} not found; {CIFAR_HINT}") from None
     except Exception as exc:
-        raise DataError(f"{path} is damaged or not a CIFAR-10 batch ({exc}); {CIFAR_HINT}") from None
+        raise DataError(f"{path} is damaged or not a CIFAR-10 batch ({exc}); "
+                        f"{CIFAR_HINT}") from None
     try:
-        import numpy as np
         data = batch.get(b"data", batch.get("data"))
         labels = batch.get(b"labels", batch.get("labels"))
         data = np.asarray(data, dtype=np.uint8)
@@ -162,6 +169,7 @@ def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_cifar10(data_dir: str | None) -> Dataset:
+    info = dataset_info("cifar10")
     if not data_dir:
         raise DataError(f"cifar10 needs --data-dir; {CIFAR_HINT}")
     folder = Path(data_dir)
@@ -172,8 +180,8 @@ def load_cifar10(data_dir: str | None) -> Dataset:
     xt, yt = _read_cifar_batch(folder / "test_batch")
     n_val = min(5000, len(y) // 10 or 1)
     train, val = _split_validation(x, y, n_val)
-    return Dataset("cifar10", train, val, Split(xt, yt), (0.4914, 0.4822, 0.4465),
-                   (0.2470, 0.2435, 0.2616), Augment(pad=4, flip=True))
+    return Dataset(info.name, train, val, Split(xt, yt), (0.4914, 0.4822, 0.4465),
+                   (0.2470, 0.2435, 0.2616), augment_for(info))
 
 
 def make_synthetic(n_train: int = 4000, n_val: int = 1000, n_test: int = 1000,
@@ -196,23 +204,33 @@ def make_synthetic(n_train: int = 4000, n_val: int = 1000, n_test: int = 1000,
         return Split((x.clamp(0, 1) * 255).to(torch.uint8), labels)
 
     return Dataset("synthetic", split(n_train), split(n_val), split(n_test),
-                   (0.4,) * channels, (0.4,) * channels, Augment(pad=1, flip=False))
+                   (0.4,) * channels, (0.4,) * channels, augment_for(dataset_info("synthetic")))
 
 
-_CACHE: dict[tuple, Dataset] = {}
+def load_synthetic(data_dir: str | None) -> Dataset:
+    """The registry's synthetic dataset: its shape comes from the registry entry."""
+    info = dataset_info("synthetic")
+    return make_synthetic(size=info.image_size, channels=info.in_channels,
+                          classes=info.num_classes)
+
+
+_CACHE: dict[tuple[str, str | None], Dataset] = {}
 
 
 def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
+    """The named dataset, loaded once per process; unknown names raise ConfigError."""
     key = (name, data_dir)
     if key not in _CACHE:
-        if name == "fashion-mnist":
-            _CACHE[key] = load_fashion_mnist(data_dir)
-        elif name == "cifar10":
-            _CACHE[key] = load_cifar10(data_dir)
-        elif name == "synthetic":
-            _CACHE[key] = make_synthetic()
-        else:
-            raise DataError(f"unknown dataset {name!r} (fashion-mnist, cifar10, synthetic)")
+        info = dataset_info(name)
+        data = info.load_function()(data_dir)
+        # The network is built from the registry's shape (network.spec_for), not from the
+        # tensors: a mismatch would otherwise surface as a shape error deep in a conv.
+        if (data.in_channels, data.image_size) != (info.in_channels, info.image_size):
+            raise DataError(f"{name}: images are {data.in_channels}x{data.image_size}x"
+                            f"{data.image_size}, the registry says {info.in_channels}x"
+                            f"{info.image_size}x{info.image_size}; check --data-dir or the "
+                            f"entry in renas_db/datasets.py")
+        _CACHE[key] = data
     return _CACHE[key]
 
 

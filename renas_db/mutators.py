@@ -1,11 +1,17 @@
-"""Three ways to mutate a parent, one action format: renas, random, single."""
+"""Three ways to mutate a parent, one action format: renas, random, single.
+
+`MUTATORS` is the registry every other module reads (config choices, studies, the
+executor), so adding a mutator is a class and one entry here.
+"""
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from renas_db.errors import ConfigError
 from renas_db.space import OPS, SLOTS, Action, Genotype
 
 if TYPE_CHECKING:
@@ -70,6 +76,36 @@ class RenasMutator:
     def propose(self, genotype: Genotype, rng: random.Random) -> Proposal:
         actions, log_prob, entropy = self.trainer.controller.sample(genotype, rng)
         return Proposal(actions, log_prob, entropy, self.trainer.version)
+
+
+def _renas(trainer: ControllerTrainer | None) -> Mutator:
+    if trainer is None:
+        raise ValueError("the renas mutator needs the search's controller trainer")
+    return RenasMutator(trainer)
+
+
+@dataclass(frozen=True)
+class MutatorSpec:
+    """A mutator by name. `factory` receives the search's controller trainer, or None for
+    a mutator that does not train one; `trains_controller` tells the search to create
+    snapshot 0 and the worker to run the policy update after each child."""
+    name: str
+    factory: Callable[[ControllerTrainer | None], Mutator]
+    trains_controller: bool
+
+
+MUTATORS: dict[str, MutatorSpec] = {spec.name: spec for spec in (
+    MutatorSpec("renas", _renas, trains_controller=True),
+    MutatorSpec("random", lambda trainer: RandomMutator(), trains_controller=False),
+    MutatorSpec("single", lambda trainer: SingleMutator(), trains_controller=False),
+)}
+
+
+def mutator_spec(name: str) -> MutatorSpec:
+    try:
+        return MUTATORS[name]
+    except KeyError:
+        raise ConfigError(f"unknown mutator {name!r} (known: {', '.join(MUTATORS)})") from None
 
 
 def mutation_rng(search_seed: int, job_id: int, attempt: int) -> random.Random:

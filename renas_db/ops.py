@@ -4,12 +4,11 @@ Module names are stable and descriptive: they are the keys of parameter inherita
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 
 # Two slow paths of torch's CPU batch norm for channels_last tensors, measured on this
 # 2-core machine (forward + backward, batch 64):

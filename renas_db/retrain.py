@@ -1,13 +1,16 @@
 """Deriving architectures: retrain cells from scratch with the full recipe, as jobs."""
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from renas_db.config import SearchConfig
-from renas_db.db import queries
+from renas_db.datasets import dataset_info
+from renas_db.db import admin
 from renas_db.db.session import Store
-from renas_db.errors import ConfigError
+from renas_db.errors import ConfigError, GenotypeError, NotFoundError, StateError
 from renas_db.space import parse
 
 
@@ -36,8 +39,8 @@ class RetrainRecipe:
             raise ConfigError("batch size must be >= 1 and lr >= 0")
         if not 0 <= self.drop_path < 1 or not 0 <= self.dropout < 1:
             raise ConfigError("drop-path and dropout must be in [0, 1)")
-        if self.dataset not in (None, "fashion-mnist", "cifar10", "synthetic"):
-            raise ConfigError(f"unknown dataset {self.dataset!r}")
+        if self.dataset is not None:
+            dataset_info(self.dataset)  # raises ConfigError naming the known datasets
         if self.cutout < 0 or (self.cells is not None and self.cells < 1) or \
                 (self.filters is not None and self.filters < 2):
             raise ConfigError("cutout >= 0, cells >= 1 and filters >= 2")
@@ -46,39 +49,34 @@ class RetrainRecipe:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RetrainRecipe":
+    def from_dict(cls, d: dict[str, Any]) -> RetrainRecipe:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def queue_from_search(store: Store, name: str, recipe: RetrainRecipe,
                       top: int | None) -> list[int]:
-    sources = queries.retrain_sources(store, name, top)
+    sources = admin.retrain_sources(store, name, top)
     if not sources:
-        from renas_db.errors import StateError
         raise StateError(f"search {name!r} has no alive individuals to retrain yet")
-    return queries.queue_retrain(store, name, sources, recipe.to_dict())
+    return admin.queue_retrain(store, name, sources, recipe.to_dict())
 
 
 def queue_genotype(store: Store, name: str, genotype_source: str, recipe: RetrainRecipe,
                    config: SearchConfig) -> list[int]:
     """Retrain a given cell (a preset name, genotype text or an export file) without a
     search: a retrain-only search named `name` holds the job."""
-    import json
-    from pathlib import Path
     path = Path(genotype_source)
     if path.suffix == ".json" or path.is_file():
         try:
             doc = json.loads(path.read_text())
         except FileNotFoundError:
-            from renas_db.errors import NotFoundError
             raise NotFoundError(f"genotype file not found: {path}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            from renas_db.errors import GenotypeError
             raise GenotypeError(f"{path} is not JSON: {exc}") from None
         genotype = parse(doc.get("genotype", doc) if isinstance(doc, dict) else doc)
     else:
         genotype = parse(genotype_source)
     config = config.replace(blocks=genotype.n_blocks)
-    queries.create_retrain_search(store, name, config)
-    return queries.queue_retrain(store, name, [(None, genotype.to_text())], recipe.to_dict())
+    admin.create_retrain_search(store, name, config)
+    return admin.queue_retrain(store, name, [(None, genotype.to_text())], recipe.to_dict())

@@ -8,8 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from renas_db.errors import GenotypeError
 
@@ -49,8 +50,8 @@ class Genotype:
     def __post_init__(self) -> None:
         blocks = self.blocks
         if not isinstance(blocks, tuple) or not 1 <= len(blocks) <= MAX_BLOCKS:
-            raise GenotypeError(f"a genotype has 1 to {MAX_BLOCKS} blocks, got "
-                                f"{len(blocks) if isinstance(blocks, tuple) else type(blocks).__name__}")
+            got = len(blocks) if isinstance(blocks, tuple) else type(blocks).__name__
+            raise GenotypeError(f"a genotype has 1 to {MAX_BLOCKS} blocks, got {got}")
         for b, block in enumerate(blocks):
             if not isinstance(block, Block):
                 raise GenotypeError(f"block {b} is not a Block")
@@ -95,7 +96,7 @@ class Genotype:
     def uses_input(self, index: int) -> bool:
         return any(index in (b.in1, b.in2) for b in self.blocks)
 
-    def apply(self, actions: Iterable[Action]) -> "Genotype":
+    def apply(self, actions: Iterable[Action]) -> Genotype:
         blocks = list(self.blocks)
         for a in actions:
             a = to_action(a)
@@ -166,7 +167,7 @@ def random_genotype(n_blocks: int, rng: random.Random) -> Genotype:
 
 
 PRESETS: dict[str, str] = {
-    # The authors' released RENASNet cell (DESIGN.md, section 1).
+    # The authors' released RENASNet cell (their evaluation code).
     "renasnet": "0 sep5 + 1 sep3 | 1 id + 1 sep3 | 0 sep3 + 0 avg3 | 1 sep5 + 0 sep3 | "
                 "2 id + 2 sep3",
 }
@@ -229,7 +230,8 @@ def _from_json(data: Any) -> Genotype:
         else:
             raise GenotypeError(f"block {b}: expected an object with in1, in2, op1, op2 "
                                 "or a list of 4")
-        blocks.append(Block(_input(values[0], f"block {b} in1"), _input(values[1], f"block {b} in2"),
+        blocks.append(Block(_input(values[0], f"block {b} in1"),
+                            _input(values[1], f"block {b} in2"),
                             _op(values[2], f"block {b} op1"), _op(values[3], f"block {b} op2")))
     return Genotype(tuple(blocks))
 

@@ -9,17 +9,18 @@ Verdict rule, on the population mean fitness of v_progress (one point per child)
 GAIN = DROP = 0.01 (one accuracy point). Searches not finished are `unfinished`."""
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-from sqlalchemy import select
+from collections.abc import Sequence
+from typing import Any
 
 from renas_db import searches
 from renas_db.config import SearchConfig
-from renas_db.db import queries
+from renas_db.db import admin
 from renas_db.db.history import progress
-from renas_db.db.models import Individual
 from renas_db.db.session import Store
 from renas_db.errors import ConfigError
+from renas_db.jobs import SearchStatus
+from renas_db.mutators import mutator_spec
+from renas_db.plots import check_suffix, pyplot
 
 GAIN = 0.01
 DROP = 0.01
@@ -29,8 +30,7 @@ VERDICTS = ("Success", "Unstable", "Fail", "unfinished")
 def create_study(store: Store, name: str, base: SearchConfig, groups: int,
                  mutators: Sequence[str], same_init: bool) -> list[str]:
     for m in mutators:
-        if m not in ("renas", "random", "single"):
-            raise ConfigError(f"unknown mutator {m!r} (renas, random, single)")
+        mutator_spec(m)  # raises ConfigError naming the known mutators
     if not mutators:
         raise ConfigError("give at least one mutator")
     names = []
@@ -63,14 +63,11 @@ def classify(initial: float | None, means: Sequence[float]) -> str:
 def report(store: Store, name: str) -> dict[str, Any]:
     rows = []
     counts: dict[str, dict[str, int]] = {}
-    for info in queries.study_searches(store, name):
+    for info in admin.study_searches(store, name):
         series = progress(store, info["name"])
-        with store.transaction(write=False) as s:
-            init = s.scalars(select(Individual.fitness).where(
-                Individual.search_id == info["id"], Individual.origin == "init")).all()
-        initial = sum(init) / len(init) if init else None
-        verdict = classify(initial, series["mean"]) if info["status"] == "finished" \
-            else "unfinished"
+        initial = info["initial_mean"]
+        verdict = classify(initial, series["mean"]) \
+            if info["status"] == SearchStatus.FINISHED else "unfinished"
         tail = max(1, len(series["mean"]) // 10)
         mutator = info["config"]["mutator"]
         rows.append({"search": info["name"], "mutator": mutator, "status": info["status"],
@@ -85,7 +82,6 @@ def report(store: Store, name: str) -> dict[str, Any]:
 
 
 def plot(store: Store, rep: dict[str, Any], path: str) -> None:
-    from renas_db.plots import check_suffix, pyplot
     check_suffix(path)
     plt = pyplot()
     mutators = sorted({r["mutator"] for r in rep["searches"]})

@@ -1,6 +1,9 @@
 """The worker loop: claim, run, commit, update the controller, repeat.
 
-Any number of these run against one database; none is special."""
+Any number of these run against one database; none is special. This module speaks the
+protocol only: the torch work is the executor's (renas_db/executor.py), the shared
+controller's snapshot cache and update are renas_db/shared_controller.py's, and deleting
+checkpoints is renas_db/collector.py's."""
 from __future__ import annotations
 
 import json
@@ -10,18 +13,28 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
-from renas_db.db import queries, snapshots
-from renas_db.db.queries import STEP, ClaimedJob, JobResult
+from renas_db.collector import CheckpointCollector
+from renas_db.db import admin, protocol
 from renas_db.db.session import Store
-from renas_db.errors import (ConflictError, DatabaseUnavailable, LeaseLost, RenasError,
-                             TrainingStopped)
-from renas_db.executor import DryRunExecutor, Timings, TrainingExecutor, search_folder
+from renas_db.dry_run import DryRunExecutor
+from renas_db.errors import (
+    ConflictError,
+    DatabaseUnavailable,
+    LeaseLost,
+    RenasError,
+    TrainingStopped,
+)
+from renas_db.executor import Executor, Progress, TrainingExecutor
+from renas_db.jobs import ClaimedJob, JobKind, JobResult
+from renas_db.retry import retrying
+from renas_db.shared_controller import SharedController
+from renas_db.timings import Timings
 
 log = logging.getLogger("renas_db.worker")
-GC_EVERY = 10  # scan for orphaned checkpoint files every this many commits
+ProgressFactory = Callable[[ClaimedJob], "Progress | None"]
 
 
 @dataclass
@@ -51,6 +64,13 @@ class WorkerSummary:
     jobs: list[dict[str, float | str]] = field(default_factory=list)
 
 
+def make_executor(options: WorkerOptions, timings: Timings) -> Executor:
+    if options.dry_run_seconds is not None:
+        return DryRunExecutor(options.checkpoint_root, options.dry_run_seconds)
+    return TrainingExecutor(options.device, options.threads, options.checkpoint_root,
+                            timings)
+
+
 class Heartbeat:
     """Renews the lease every interval from its own connection. Zero rows updated means
     the lease is lost: `lost` and the training stop flag are set."""
@@ -64,7 +84,7 @@ class Heartbeat:
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -75,8 +95,8 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._done.wait(self.interval):
             try:
-                if not queries.heartbeat(self.store, self.job.id, self.job.lease_token,
-                                         self.worker_id):
+                if not protocol.heartbeat(self.store, self.job.id, self.job.lease_token,
+                                          self.worker_id):
                     log.warning("job %d: lease lost (another worker owns it now)", self.job.id)
                     self.lost.set()
                     self.stop_training.set()
@@ -87,24 +107,10 @@ class Heartbeat:
                 log.warning("heartbeat error, will retry: %s", exc)
 
 
-def retrying(fn: Callable, what: str, *, attempts: int = 60, stop: threading.Event | None = None):  # type: ignore[no-untyped-def]
-    """Call fn, retrying database outages and conflicts with capped exponential backoff."""
-    delay = 0.2
-    for i in range(attempts):
-        try:
-            return fn()
-        except (DatabaseUnavailable, ConflictError) as exc:
-            if i == attempts - 1:
-                raise
-            log.warning("%s: %s; retrying in %.1fs", what, exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
 class Worker:
     def __init__(self, store: Store, options: WorkerOptions,
-                 progress_factory: Callable[[ClaimedJob], Callable[[int, int], None] | None]
-                 | None = None) -> None:
+                 progress_factory: ProgressFactory | None = None,
+                 executor: Executor | None = None) -> None:
         self.store = store
         # the heartbeat thread's own engine: a stuck main connection cannot starve it
         self.heartbeat_store = Store(store.url, pool_size=1)
@@ -113,19 +119,16 @@ class Worker:
         self.stop_requested = threading.Event()
         self.stop_training = threading.Event()
         self.progress_factory = progress_factory
-        if options.dry_run_seconds is not None:
-            self.executor: TrainingExecutor = DryRunExecutor(
-                store, options.checkpoint_root, self.timings, options.dry_run_seconds)
-        else:
-            self.executor = TrainingExecutor(store, options.device, options.threads,
-                                             options.checkpoint_root, self.timings)
+        self.executor = executor or make_executor(options, self.timings)
+        self.controllers = SharedController(store)
+        self.collector = CheckpointCollector(store, options.checkpoint_root)
         device = options.device or "cpu"
-        self.worker_id = retrying(lambda: queries.register_worker(
-            store, socket.gethostname(), os.getpid(), device), "register")
+        self.worker_id = retrying("register", admin.register_worker, store,
+                                  socket.gethostname(), os.getpid(), device)
         self.summary = WorkerSummary(self.worker_id)
         self._signals = 0
 
-    # -- signals ---------------------------------------------------------------------------
+    # -- signals ------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
@@ -138,11 +141,11 @@ class Worker:
         self.stop_requested.set()
         self.stop_training.set()
 
-    # -- the loop --------------------------------------------------------------------------
+    # -- the loop -----------------------------------------------------------------------
     def run(self) -> WorkerSummary:
         start = time.perf_counter()
         idle_since = time.monotonic()
-        reason = "finished"
+        reason = "stop signal"
         try:
             while not self.stop_requested.is_set():
                 if self.options.max_jobs is not None and \
@@ -151,7 +154,7 @@ class Worker:
                     break
                 t0 = time.perf_counter()
                 before = dict(self.timings.phases)
-                with self.timings.timed("claim"):
+                with self.timings("claim"):
                     job, more = self._claim()
                 if job is None:
                     if not more:
@@ -163,152 +166,117 @@ class Worker:
                         break
                     self.stop_requested.wait(self.options.poll_seconds)
                     continue
-                self._run_job(job)
+                self._serve(job)
                 idle_since = time.monotonic()
-                after = self.timings.phases
                 self.summary.jobs.append({"kind": job.kind, "wall": time.perf_counter() - t0,
-                                          **{k: v - before.get(k, 0.0) for k, v in after.items()}})
-            else:
-                reason = "stop signal"
+                                          **self.timings.since(before)})
         finally:
-            self.summary.wall_seconds = time.perf_counter() - start
-            self.summary.timings = dict(self.timings.phases)
-            try:
-                queries.worker_stopped(self.store, self.worker_id, reason)
-            except RenasError:
-                pass
-            if self.options.stats_json:
-                with open(self.options.stats_json, "w") as fh:
-                    json.dump(self.summary.__dict__, fh, indent=2)
-            log.info("worker %d stopped (%s): %d done, %d failed, %d leases lost",
-                     self.worker_id, reason, self.summary.jobs_done, self.summary.jobs_failed,
-                     self.summary.leases_lost)
+            self._stopped(reason, time.perf_counter() - start)
         return self.summary
+
+    def _stopped(self, reason: str, wall: float) -> None:
+        self.summary.wall_seconds = wall
+        self.summary.timings = dict(self.timings.phases)
+        try:
+            admin.worker_stopped(self.store, self.worker_id, reason)
+        except RenasError as exc:
+            log.warning("could not record the worker's stop: %s", exc)
+        if self.options.stats_json:
+            with open(self.options.stats_json, "w") as fh:
+                json.dump(asdict(self.summary), fh, indent=2)
+        log.info("worker %d stopped (%s): %d done, %d failed, %d leases lost",
+                 self.worker_id, reason, self.summary.jobs_done, self.summary.jobs_failed,
+                 self.summary.leases_lost)
 
     def _claim(self) -> tuple[ClaimedJob | None, bool]:
         """(job, whether any search may still have work)."""
-        ids = retrying(lambda: queries.active_search_ids(self.store, self.options.search),
-                       "list searches")
+        ids = retrying("list searches", admin.active_search_ids, self.store,
+                       self.options.search)
         active = False
         for sid in ids:
-            job = retrying(lambda: queries.claim(self.store, sid, self.worker_id), "claim")
+            job = retrying("claim", protocol.claim, self.store, sid, self.worker_id)
             if job is not None:
                 return job, True
             # a paused, finished or failed search has no more work for us: exit
-            active = active or retrying(lambda: queries.has_work(self.store, sid),
-                                        "search state")
+            active = active or retrying("search state", admin.has_work, self.store, sid)
         return None, active
 
-    def _run_job(self, job: ClaimedJob) -> None:
+    def _serve(self, job: ClaimedJob) -> None:
+        """Run one job and, if its lease held, commit it and update the controller."""
+        log.info("job %d: %s %d of %s (attempt %d)", job.id, job.kind, job.step_index,
+                 job.search_name, job.attempt)
+        result = self._run(job)
+        if result is None or not self._commit(job, result):
+            return
+        if job.kind == JobKind.STEP and self.controllers.trains(job):
+            with self.timings("controller"):
+                if self.controllers.fold(job) is not None:
+                    self.summary.controller_updates += 1
+        with self.timings("gc"):
+            self.collector.after_commit(job)
+
+    def _run(self, job: ClaimedJob) -> JobResult | None:
+        """The job's result, or None when it was given back, failed or its lease lost."""
         self.stop_training.clear()
         if self.stop_requested.is_set():
             self.stop_training.set()
-        log.info("job %d: %s %d of %s (attempt %d)", job.id, job.kind, job.step_index,
-                 job.search_name, job.attempt)
         interval = min(job.config.lease_seconds / 4, 10.0)
         progress = self.progress_factory(job) if self.progress_factory else None
         with Heartbeat(self.heartbeat_store, job, self.worker_id, interval,
                        self.stop_training) as beat:
             try:
-                result = self.executor.run(job, progress, self.stop_training)
+                mutator = None
+                if job.kind == JobKind.STEP:
+                    with self.timings("snapshot"):
+                        mutator = self.controllers.mutator(job)
+                result = self.executor.run(job, mutator, progress, self.stop_training)
             except TrainingStopped:
                 if beat.lost.is_set():
-                    self.summary.leases_lost += 1
-                    log.warning("job %d: lease lost; nothing committed", job.id)
+                    self._lease_lost(job, None, "stopped training")
                 else:
-                    retrying(lambda: _ignore_lost(queries.release_job, self.store, job),
-                             "release")
+                    retrying("release", _ignore_lost, protocol.release_job, self.store,
+                             job)
                     log.warning("job %d released", job.id)
-                return
+                return None
             except (DatabaseUnavailable, ConflictError) as exc:
-                reason = f"database unavailable during the job: {exc}"
-                log.warning("job %d: %s", job.id, reason)
-                retrying(lambda: _ignore_lost(queries.fail_job, self.store, job, reason),
-                         "fail")
-                self.summary.jobs_failed += 1
-                return
+                self._fail(job, f"database unavailable during the job: {exc}")
+                return None
             except Exception as exc:
-                text = f"{type(exc).__name__}: {exc}"
-                log.error("job %d failed: %s", job.id, text, exc_info=log.isEnabledFor(logging.DEBUG))
-                retrying(lambda: _ignore_lost(queries.fail_job, self.store, job, text[:2000]),
-                         "fail")
-                self.summary.jobs_failed += 1
-                return
+                self._fail(job, f"{type(exc).__name__}: {exc}",
+                           exc_info=log.isEnabledFor(logging.DEBUG))
+                return None
             if beat.lost.is_set():
-                self.summary.leases_lost += 1
-                log.warning("job %d: lease lost; nothing committed", job.id)
-                self.executor.checkpoints(job).delete(result.checkpoint_uri)
-                return
-        self._commit(job, result)
+                self._lease_lost(job, result.checkpoint_uri, "nothing committed")
+                return None
+        return result
 
-    def _commit(self, job: ClaimedJob, result: JobResult) -> None:
+    def _fail(self, job: ClaimedJob, text: str, exc_info: bool = False) -> None:
+        log.error("job %d failed: %s", job.id, text, exc_info=exc_info)
+        retrying("fail", _ignore_lost, protocol.fail_job, self.store, job, text[:2000])
+        self.summary.jobs_failed += 1
+
+    def _lease_lost(self, job: ClaimedJob, uri: str | None, what: str) -> None:
+        """Another worker owns the job now: count it, say so, drop our checkpoint."""
+        self.summary.leases_lost += 1
+        log.warning("job %d: lease lost; %s", job.id, what)
+        self.collector.discard(job, uri)
+
+    def _commit(self, job: ClaimedJob, result: JobResult) -> bool:
         try:
-            with self.timings.timed("commit"):
-                child_id = retrying(lambda: queries.commit_job(self.store, job, result,
-                                                               self.worker_id), "commit")
+            with self.timings("commit"):
+                child_id = retrying("commit", protocol.commit_job, self.store, job,
+                                    result, self.worker_id)
         except LeaseLost as exc:
-            self.summary.leases_lost += 1
-            log.warning("job %d: commit rejected: %s", job.id, exc)
-            if result.checkpoint_uri:
-                self.executor.checkpoints(job).delete(result.checkpoint_uri)
-            return
+            self._lease_lost(job, result.checkpoint_uri, f"commit rejected: {exc}")
+            return False
         self.summary.jobs_done += 1
         parent = f" (parent {job.parent.fitness:.4f})" if job.parent else ""
-        log.info("job %d: individual %d fitness %.4f%s", job.id, child_id, result.fitness, parent)
-        if job.kind == STEP and job.config.mutator == "renas":
-            with self.timings.timed("controller"):
-                self._update_controller(job)
-        with self.timings.timed("gc"):
-            self._collect(job)
-
-    def _update_controller(self, job: ClaimedJob) -> None:
-        """Fold every unconsumed episode into snapshot version+1. Optimistic: a worker
-        that loses the race re-reads and retries until nothing is left."""
-        from renas_db.controller import Episode
-        from renas_db import space
-        for _ in range(20):
-            episodes = retrying(lambda: snapshots.unconsumed_episodes(self.store, job.search_id),
-                                "episodes")
-            if not episodes:
-                return
-            # the executor's in-memory snapshot, reloaded only if another worker moved on
-            trainer = retrying(lambda: self.executor.controller(job), "snapshot")
-            version = trainer.version
-            ok = False
-            try:
-                stats = trainer.update([Episode(space.parse(e.parent_genotype),
-                                                space.actions_from_json(e.actions),
-                                                e.log_prob, e.fitness) for e in episodes])
-                ok = retrying(lambda: snapshots.save_update(
-                    self.store, job.search_id, version, trainer.to_bytes(),
-                    [e.id for e in episodes], episodes_seen=trainer.episodes_seen,
-                    mean_reward=stats["mean_reward"], baseline=stats["baseline"],
-                    stats=stats), "controller update")
-            finally:
-                if not ok:
-                    # the update changed the cached copy only: drop it, re-read, retry
-                    self.executor.forget_controller(job.search_id)
-            if ok:
-                self.summary.controller_updates += 1
-                log.info("controller v%d: %d episodes, mean reward %.3f", version + 1,
-                         len(episodes), stats["mean_reward"])
-                return
-
-    def _collect(self, job: ClaimedJob) -> None:
-        store = self.executor.checkpoints(job)
-        candidates = [i for i in (job.victim_id, job.parent.id if job.parent else None) if i]
-        gone = retrying(lambda: queries.collectable_checkpoints(self.store, job.search_id,
-                                                                candidates), "gc")
-        for _, uri in gone:
-            store.delete(uri)
-        if gone:
-            retrying(lambda: queries.mark_collected(self.store, [i for i, _ in gone]), "gc")
-        if self.summary.jobs_done % GC_EVERY == 0:
-            keep = retrying(lambda: queries.live_checkpoints(self.store, job.search_id), "gc")
-            store.collect(search_folder(job), keep, grace_seconds=2 * job.config.lease_seconds)
+        log.info("job %d: individual %d fitness %.4f%s", job.id, child_id, result.fitness,
+                 parent)
+        return True
 
 
-def _ignore_lost(fn: Callable, *args: object) -> None:
+def _ignore_lost(fn: Callable[..., object], *args: object) -> None:
     try:
         fn(*args)
     except LeaseLost as exc:

@@ -6,8 +6,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 TINY = ["--dataset", "synthetic", "--cells", "1", "--filters", "4", "--blocks", "3",
         "--init-epochs", "0.05", "--init-lr", "0.2", "--train-subset", "2000",

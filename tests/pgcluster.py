@@ -47,12 +47,12 @@ class ThrowawayCluster:
     def url(self) -> str:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
 
-    def init(self) -> "ThrowawayCluster":
+    def init(self) -> ThrowawayCluster:
         self._run(f"{self.bin}/initdb", "-D", self.data, "-U", "postgres", "--auth=trust",
                   "-E", "UTF8", "--no-sync")
         return self.start()
 
-    def start(self) -> "ThrowawayCluster":
+    def start(self) -> ThrowawayCluster:
         self._run(f"{self.bin}/pg_ctl", "-D", self.data, "-w", "-t", "60", "-l",
                   os.path.join(self.dir, "log"), "-o",
                   f"-p {self.port} -h 127.0.0.1 -k {self.dir} -c fsync=off", "start")

@@ -1,4 +1,4 @@
-"""initial schema: the seven tables of DESIGN.md
+"""initial schema: the seven tables of renas-db (docs/design.md)
 
 Revision ID: 0001
 Revises:

@@ -5,10 +5,11 @@ from typing import Any
 
 from sqlalchemy import select, text
 
+from renas_db.db.admin import get_search
 from renas_db.db.models import ControllerSnapshot, Individual, Search
-from renas_db.db.queries import RETRAIN, get_search
 from renas_db.db.session import Store
 from renas_db.errors import NotFoundError
+from renas_db.jobs import Origin
 
 
 def _row(i: Individual) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def best_individual(store: Store, name: str) -> int:
     with store.transaction(write=False) as s:
         search = get_search(s, name)
         best = s.scalar(select(Individual.id).where(
-            Individual.search_id == search.id, Individual.origin != RETRAIN)
+            Individual.search_id == search.id, Individual.origin != Origin.RETRAIN)
             .order_by(Individual.alive.desc(), Individual.fitness.desc(), Individual.id)
             .limit(1))
         if best is None:
@@ -72,19 +73,20 @@ def progress(store: Store, name: str) -> dict[str, list]:
                          .where(ControllerSnapshot.search_id == search.id,
                                 ControllerSnapshot.version > 0)
                          .order_by(ControllerSnapshot.version)).all()
-        return {"step": [r[0] for r in rows], "best": [r[1] for r in rows],
+        series: dict[str, Any] = {"step": [r[0] for r in rows], "best": [r[1] for r in rows],
                 "mean": [r[2] for r in rows], "std": [r[3] for r in rows],
                 "child": [r[4] for r in rows],
                 "controller_version": [r[0] for r in ctrl],
                 "controller_reward": [r[1] for r in ctrl],
-                "mutator": search.config.get("mutator")}
+                  "mutator": search.config.get("mutator")}
+        return series
 
 
 def export_document(store: Store, individual_id: int) -> dict[str, Any]:
     chain = lineage(store, individual_id)
     me = chain[0]
     with store.transaction(write=False) as s:
-        search = s.get(Search, me["search_id"])
+        search = s.get_one(Search, me["search_id"])
         config = search.config
     return {"format": "renas-db-export-1", "search": search.name, "individual": me["id"],
             "genotype": me["genotype"], "fitness": me["fitness"], "val_loss": me["val_loss"],

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2.0 models of every table in DESIGN.md.
+"""SQLAlchemy 2.0 models of the seven tables (docs/design.md describes each column).
 
 Timestamps are never taken from the worker's clock: every write uses `db_now()`.
 """
@@ -7,11 +7,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer,
-                        LargeBinary, MetaData, String, Text, UniqueConstraint, literal)
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    literal,
+)
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
 NAMING_CONVENTION = {

@@ -6,6 +6,7 @@
    (mode=ro, query_only) with a progress-handler time limit. 3. Row and length caps."""
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 import time
@@ -131,7 +132,6 @@ def _sqlite(store: Store, query: str, timeout_s: float, max_rows: int) -> QueryR
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         conn.execute("PRAGMA query_only = ON")
         conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
-        import math
         conn.create_function("sqrt", 1, lambda x: None if x is None or x < 0 else math.sqrt(x),
                              deterministic=True)
         return conn

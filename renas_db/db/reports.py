@@ -1,4 +1,4 @@
-"""Read-only reports: search details, live status, and the DESIGN.md invariants in SQL."""
+"""Read-only reports: search details, live status, and the search invariants in SQL."""
 from __future__ import annotations
 
 import math
@@ -6,10 +6,32 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from renas_db.checkpoints import CheckpointStore
+from renas_db.db.admin import get_search
 from renas_db.db.models import ControllerSnapshot, Episode, Event, Individual, Job, Worker
-from renas_db.db.queries import (CLAIMED, DEAD, DONE, INIT, QUEUED, RETRAIN, STEP,
-                                 get_search)
 from renas_db.db.session import Store
+from renas_db.jobs import PENDING_STATES, JobKind, JobState, Origin
+
+INIT, STEP, RETRAIN = JobKind.INIT, JobKind.STEP, JobKind.RETRAIN
+QUEUED, RUNNING, DONE, DEAD = JobState.QUEUED, JobState.RUNNING, JobState.DONE, JobState.DEAD
+
+# What `check_invariants` tests, by the number its findings start with (docs/design.md).
+INVARIANTS = {
+    1: "once the initial population is complete, exactly P individuals are alive",
+    2: "every child has one parent; no individual dies twice; every step removes exactly "
+       "one victim",
+    3: "a job's result is applied at most once",
+    4: "every alive individual's checkpoint exists and matches its sha256",
+    5: "steps created never exceed E; controller versions are contiguous; each episode is "
+       "consumed once",
+}
+
+
+def explain(problem: str) -> str:
+    """'2: detail' -> 'invariant 2 (its text): detail'."""
+    number, _, detail = problem.partition(": ")
+    text = INVARIANTS.get(int(number)) if number.isdigit() else None
+    return f"invariant {number} ({text}): {detail}" if text else problem
 
 
 def _individual(i: Individual) -> dict[str, Any]:
@@ -22,7 +44,8 @@ def describe_search(store: Store, name: str) -> dict[str, Any]:
         search = get_search(s, name)
         best = s.scalars(select(Individual).where(
             Individual.search_id == search.id, Individual.alive.is_(True),
-            Individual.origin != RETRAIN).order_by(Individual.fitness.desc(), Individual.id)
+            Individual.origin != Origin.RETRAIN)
+            .order_by(Individual.fitness.desc(), Individual.id)
             .limit(5)).all()
         return {"name": search.name, "status": search.status, "seed": search.seed,
                 "checkpoint_root": search.checkpoint_root,
@@ -38,20 +61,22 @@ def search_status(store: Store, name: str) -> dict[str, Any]:
         search = get_search(s, name)
         sid = search.id
         cfg = search.config
-        counts = dict(s.execute(select(Job.state, func.count()).where(
-            Job.search_id == sid, Job.kind != RETRAIN).group_by(Job.state)).all())
+        counts: dict[str, int] = dict(s.execute(select(Job.state, func.count()).where(
+            Job.search_id == sid, Job.kind != RETRAIN).group_by(Job.state)).tuples().all())
         steps_done = s.scalar(select(func.count()).where(
             Job.search_id == sid, Job.kind == STEP, Job.state == DONE))
         init_done = s.scalar(select(func.count()).where(
             Job.search_id == sid, Job.kind == INIT, Job.state == DONE))
-        fit = s.scalars(select(Individual.fitness).where(
+        fit = [f for f in s.scalars(select(Individual.fitness).where(
             Individual.search_id == sid, Individual.alive.is_(True),
-            Individual.origin != RETRAIN)).all()
-        mean = sum(fit) / len(fit) if fit else None
-        std = math.sqrt(sum((f - mean) ** 2 for f in fit) / len(fit)) if fit else None
+            Individual.origin != Origin.RETRAIN)) if f is not None]
+        mean = std = None
+        if fit:
+            mean = sum(fit) / len(fit)
+            std = math.sqrt(sum((f - mean) ** 2 for f in fit) / len(fit))
         models, examples = s.execute(select(func.count(), func.coalesce(
             func.sum(Individual.examples_seen), 0)).where(
-            Individual.search_id == sid, Individual.origin != RETRAIN)).one()
+            Individual.search_id == sid, Individual.origin != Origin.RETRAIN)).one()
         snap = s.execute(select(ControllerSnapshot.version, ControllerSnapshot.mean_reward,
                                 ControllerSnapshot.baseline)
                          .where(ControllerSnapshot.search_id == sid)
@@ -59,7 +84,7 @@ def search_status(store: Store, name: str) -> dict[str, Any]:
         running = s.execute(select(Job.id, Job.kind, Job.step_index, Job.attempt, Worker.id,
                                    Worker.host, Worker.pid, Worker.device, Job.heartbeat_at)
                             .join(Worker, Worker.id == Job.worker_id)
-                            .where(Job.search_id == sid, Job.state == CLAIMED)
+                            .where(Job.search_id == sid, Job.state == RUNNING)
                             .order_by(Job.id)).all()
         failures = s.scalar(select(func.count()).where(
             Event.search_id == sid, Event.kind.in_(("job failed", "lease expired"))))
@@ -68,7 +93,7 @@ def search_status(store: Store, name: str) -> dict[str, Any]:
             "name": search.name, "status": search.status, "mutator": cfg.get("mutator"),
             "population": cfg.get("population"), "init_done": init_done,
             "steps_done": steps_done, "steps": cfg.get("steps"),
-            "jobs": {k: counts.get(k, 0) for k in (QUEUED, CLAIMED, DONE, DEAD)},
+            "jobs": {k: counts.get(k, 0) for k in JobState},
             "alive": len(fit), "best_fitness": max(fit) if fit else None,
             "mean_fitness": mean, "std_fitness": std,
             "controller_version": snap[0] if snap else None,
@@ -85,8 +110,8 @@ def search_status(store: Store, name: str) -> dict[str, Any]:
 
 def check_invariants(store: Store, name: str, checkpoint_root: str | None = None
                      ) -> list[str]:
-    """DESIGN.md's invariants checked with SQL (and the checkpoint files). [] = all hold."""
-    from renas_db.checkpoints import CheckpointStore
+    """The invariants of INVARIANTS checked with SQL (and the checkpoint files): one
+    finding per violation, starting with the invariant's number; [] = all hold."""
     problems: list[str] = []
     with store.transaction(write=False) as s:
         search = get_search(s, name)
@@ -96,12 +121,12 @@ def check_invariants(store: Store, name: str, checkpoint_root: str | None = None
             Job.search_id == sid, Job.kind == INIT, Job.state == DONE))
         alive = s.scalar(select(func.count()).where(
             Individual.search_id == sid, Individual.alive.is_(True),
-            Individual.origin != RETRAIN))
+            Individual.origin != Origin.RETRAIN))
         if init_done == P and alive != P:
             problems.append(f"1: {alive} individuals alive, expected P={P}")
         # 2. every child has one parent; every step removes exactly one victim
         orphans = s.scalar(select(func.count()).where(
-            Individual.search_id == sid, Individual.origin == "child",
+            Individual.search_id == sid, Individual.origin == Origin.CHILD,
             Individual.parent_id.is_(None)))
         if orphans:
             problems.append(f"2: {orphans} children without a parent")
@@ -111,7 +136,7 @@ def check_invariants(store: Store, name: str, checkpoint_root: str | None = None
             Individual.search_id == sid, Individual.removed_by_job_id.is_not(None)))
         dead = s.scalar(select(func.count()).where(
             Individual.search_id == sid, Individual.alive.is_(False),
-            Individual.origin != RETRAIN))
+            Individual.origin != Origin.RETRAIN))
         if removed != steps_done or dead != steps_done:
             problems.append(f"2: {steps_done} steps done but {removed} removals, {dead} dead")
         double = s.scalar(select(func.count()).select_from(
@@ -147,7 +172,7 @@ def check_invariants(store: Store, name: str, checkpoint_root: str | None = None
         rows = s.execute(select(Individual.id, Individual.checkpoint_uri,
                                 Individual.checkpoint_sha256).where(
             Individual.search_id == sid, Individual.alive.is_(True),
-            Individual.origin != RETRAIN)).all()
+            Individual.origin != Origin.RETRAIN)).all()
         root = checkpoint_root or search.checkpoint_root
     store_ = CheckpointStore(root)
     for ind_id, uri, sha in rows:
@@ -163,15 +188,16 @@ def retrain_report(store: Store, name: str) -> dict[str, Any]:
         search = get_search(s, name)
         rows = s.execute(select(Individual, Job.params).join(Job, Job.id == Individual.job_id)
                          .where(Individual.search_id == search.id,
-                                Individual.origin == RETRAIN)
+                                Individual.origin == Origin.RETRAIN)
                          .order_by(Individual.fitness.desc(), Individual.id)).all()
         pending = s.scalar(select(func.count()).where(
-            Job.search_id == search.id, Job.kind == RETRAIN, Job.state.in_((QUEUED, CLAIMED))))
-        source_fitness = {}
+            Job.search_id == search.id, Job.kind == RETRAIN, Job.state.in_(PENDING_STATES)))
+        source_fitness: dict[int, float] = {}
         ids = [i.parent_id for i, _ in rows if i.parent_id]
         if ids:
-            source_fitness = dict(s.execute(select(Individual.id, Individual.fitness)
-                                            .where(Individual.id.in_(ids))).all())
+            source_fitness = {i: f for i, f in s.execute(
+                select(Individual.id, Individual.fitness).where(Individual.id.in_(ids)))
+                if f is not None}
         ranked = [{"rank": k + 1, "id": i.id, "source_id": i.parent_id,
                    "search_fitness": source_fitness.get(i.parent_id),
                    "val_accuracy": i.fitness, "test_accuracy": i.test_accuracy,

@@ -9,12 +9,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
+import renas_db.migrations as migrations_pkg
 from renas_db.db.session import Store
 from renas_db.errors import SchemaError
 
 
 def _alembic_config() -> Config:
-    import renas_db.migrations as migrations_pkg
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(migrations_pkg.__file__).parent))
     return cfg
@@ -63,7 +63,8 @@ def ensure_schema(store: Store) -> None:
                 return
             raise SchemaError(f"the database {store.masked_url} has no renas-db schema: "
                               "run `renas-db db upgrade`")
-        known = {s.revision for s in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+        scripts = ScriptDirectory.from_config(_alembic_config())
+        known = {s.revision for s in scripts.walk_revisions()}
         if current not in known:
             raise SchemaError(f"the database schema ({current}) is newer than this renas-db "
                               f"({head}): upgrade renas-db")

@@ -5,17 +5,30 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import (ArgumentError, DBAPIError, DisconnectionError, IntegrityError,
-                            NoSuchModuleError, OperationalError)
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+)
 from sqlalchemy.orm import Session
 
-from renas_db.errors import (AlreadyExistsError, ConfigError, ConflictError,
-                             DatabaseUnavailable, RenasError, SchemaError)
+from renas_db.errors import (
+    AlreadyExistsError,
+    ConfigError,
+    ConflictError,
+    DatabaseUnavailable,
+    RenasError,
+    SchemaError,
+)
 
 DEFAULT_URL = "sqlite:///renas.sqlite"
 SQLITE_BUSY_MS = 30000
@@ -129,11 +142,11 @@ def _ping_when_idle(engine: Engine) -> None:
     back from the pool after PING_AFTER_IDLE_S (a worker's, after training) is pinged
     first, and a dead one is replaced. Back-to-back transactions (claim, commit) skip it."""
     @event.listens_for(engine, "checkin")
-    def _stamp(_dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
+    def _stamp(_dbapi_conn: Any, record: Any) -> None:
         record.info["renas_idle_since"] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
-    def _ping(dbapi_conn, record, _proxy) -> None:  # type: ignore[no-untyped-def]
+    def _ping(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
         since = record.info.get("renas_idle_since")
         if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:
             return
@@ -149,7 +162,7 @@ def _ping_when_idle(engine: Engine) -> None:
 
 def _sqlite_hooks(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control from pysqlite so BEGIN IMMEDIATE is ours to emit.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
@@ -164,7 +177,7 @@ def _sqlite_hooks(engine: Engine) -> None:
                                    deterministic=True)
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+    def _on_begin(conn: Connection) -> None:
         # Writers take the lock up front: no deadlock-prone upgrade from a read lock.
         write = conn.get_execution_options().get("renas_write", True)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

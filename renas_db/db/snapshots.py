@@ -5,13 +5,14 @@ episodes are consumed only WHERE consumed_in_version IS NULL, so each is folded 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from renas_db.db.models import ControllerSnapshot, Episode, db_now
+from renas_db.db.models import ControllerSnapshot, Episode, Individual, Job, db_now
 from renas_db.db.session import Store
 from renas_db.errors import ConflictError, SnapshotError
 
@@ -59,7 +60,6 @@ def latest_version(store: Store, search_id: int) -> int | None:
 
 def unconsumed_episodes(store: Store, search_id: int, limit: int = 1000) -> list[EpisodeRow]:
     """Episodes not folded into any snapshot yet, with their parent's genotype."""
-    from renas_db.db.models import Individual, Job
     with store.transaction(write=False) as s:
         rows = s.execute(select(Episode, Individual.genotype)
                          .join(Job, Job.id == Episode.job_id)

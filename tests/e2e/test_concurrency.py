@@ -24,6 +24,7 @@ def _run_workers(db_url, tmp_path, name, n, per_worker, *extra):
     return [json.loads(p.read_text()) for p in stats]
 
 
+@pytest.mark.slow   # 12 worker processes, 2000 jobs
 @pytest.mark.parametrize("backend, n, per_worker", [("postgresql", 8, 200), ("sqlite", 4, 100)])
 def test_concurrent_claims_and_commits(backend, n, per_worker, tmp_path, request):
     if backend == "postgresql":
@@ -54,6 +55,7 @@ def test_controller_episodes_consumed_once_with_4_workers(db_url, tmp_path):
     assert count(store, Episode, Episode.consumed_in_version.is_(None)) == 0
     with store.transaction(write=False) as s:
         from sqlalchemy import select
+
         from renas_db.db.models import ControllerSnapshot
         versions = list(s.scalars(select(ControllerSnapshot.version)
                                   .order_by(ControllerSnapshot.version)))

@@ -6,10 +6,15 @@ import random
 import signal
 import time
 
+import pytest
+
 from renas_db.db.models import Individual, Job
 from renas_db.db.session import Store
 from tests.e2e.common import assert_invariants, count, create, running_job_of, search_status
 from tests.helpers import TINY, spawn_worker, wait_for
+
+# real networks trained in real worker processes: minutes, not seconds
+pytestmark = pytest.mark.slow
 
 
 def test_kill_9_ten_times_during_training(db_url, tmp_path):
@@ -22,8 +27,8 @@ def test_kill_9_ten_times_during_training(db_url, tmp_path):
     log = str(tmp_path / "killed.log")
     while kills < 10:
         p = spawn_worker(db_url, "k", cwd=str(tmp_path), log_path=log)
-        wait_for(lambda: running_job_of(store, p.pid) or p.poll() is not None,
-                       timeout=120, every=0.02, what="a claimed job")
+        wait_for(lambda p=p: running_job_of(store, p.pid) or p.poll() is not None,
+                 timeout=120, every=0.02, what="a claimed job")
         if p.poll() is not None:
             break
         # varied moments: right after the claim, while loading/inheriting, mid-training

@@ -7,8 +7,7 @@ import time
 
 from renas_db.db.models import Individual
 from renas_db.db.session import Store
-from tests.e2e.common import (assert_invariants, count, create, events, job_row,
-                              running_job_of)
+from tests.e2e.common import assert_invariants, count, create, events, job_row, running_job_of
 from tests.helpers import spawn_worker, wait_for
 
 DRY = ("--population", "3", "--sample", "2", "--steps", "0", "--mutator", "random",

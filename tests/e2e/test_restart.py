@@ -13,6 +13,9 @@ from tests.e2e.common import assert_invariants, count, create, search_status
 from tests.helpers import spawn_worker, wait_for
 from tests.pgcluster import ThrowawayCluster, pg_bin
 
+# 40 steps across a server restart and the workers' reconnect back-off
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def cluster():

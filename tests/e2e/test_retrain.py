@@ -1,4 +1,4 @@
-"""Retraining as crash-safe distributed work, and stability studies."""
+"""Retraining as crash-safe distributed work, in real worker processes."""
 from __future__ import annotations
 
 import json
@@ -6,10 +6,15 @@ import os
 import signal
 import time
 
+import pytest
+
 from renas_db.db.models import Individual, Job
 from renas_db.db.session import Store
 from tests.e2e.common import assert_invariants, count, create, running_job_of
 from tests.helpers import TINY, run_cli, spawn_worker, wait_for
+
+# real networks trained in real worker processes: minutes, not seconds
+pytestmark = pytest.mark.slow
 
 
 def test_retrain_jobs_survive_a_kill_and_run_exactly_once(db_url, tmp_path):
@@ -57,40 +62,3 @@ def test_retrain_a_preset_without_a_search(tmp_path):
     assert w.wait(timeout=300) == 0
     r = run_cli("retrain", "paper", "--report", db_url=db)
     assert r.code == 0 and "derived architecture" in r.out and "0 sep5 + 1 sep3" in r.out
-
-
-def test_study_create_run_and_report(tmp_path):
-    from renas_db import studies
-    from renas_db.config import SearchConfig
-    from renas_db.db.schema import upgrade
-    from renas_db.db.queries import study_searches
-    from renas_db.searches import initial_genotypes
-    from renas_db.worker import Worker, WorkerOptions
-    store = Store(f"sqlite:///{tmp_path / 's.sqlite'}")
-    upgrade(store)
-    base = SearchConfig(population=3, sample=2, steps=4, blocks=3, controller_hidden=8,
-                        checkpoint_root=str(tmp_path / "ck"))
-    names = studies.create_study(store, "st", base, 2, ["renas", "random"], same_init=True)
-    assert names == ["st-renas-g0", "st-random-g0", "st-renas-g1", "st-random-g1"]
-    cfgs = [SearchConfig.from_dict(i["config"]) for i in study_searches(store, "st")]
-    assert len({tuple(initial_genotypes(c)) for c in cfgs}) == 1     # same initial population
-    assert len({c.seed for c in cfgs}) == 2                           # one seed per group
-    Worker(store, WorkerOptions(dry_run_seconds=0.0, checkpoint_root=str(tmp_path / "ck"))).run()
-    rep = studies.report(store, "st")
-    assert sum(sum(c.values()) for c in rep["counts"].values()) == 4
-    assert all(r["verdict"] in ("Success", "Unstable", "Fail") for r in rep["searches"])
-    png = tmp_path / "study.png"
-    studies.plot(store, rep, str(png))
-    assert png.stat().st_size > 10_000
-    other = studies.create_study(store, "st2", base, 2, ["random"], same_init=False)
-    cfgs = [SearchConfig.from_dict(i["config"]) for i in study_searches(store, "st2")]
-    assert initial_genotypes(cfgs[0]) != initial_genotypes(cfgs[1]) and len(other) == 2
-    store.dispose()
-
-
-def test_classify_rule():
-    from renas_db.studies import classify
-    assert classify(0.5, [0.5, 0.52, 0.55, 0.56, 0.56]) == "Success"
-    assert classify(0.5, [0.5, 0.45, 0.40, 0.35, 0.30]) == "Fail"
-    assert classify(0.5, [0.5, 0.6, 0.55, 0.5, 0.505]) == "Unstable"
-    assert classify(None, []) == "unfinished"

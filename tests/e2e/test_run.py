@@ -6,10 +6,15 @@ import os
 import signal
 import subprocess
 
+import pytest
+
 from renas_db.db.models import Episode, Individual, Job
 from renas_db.db.session import Store
 from tests.e2e.common import assert_invariants, count, search_status
 from tests.helpers import TINY, cli_command, cli_env, run_cli, wait_for
+
+# real networks trained in real worker processes: minutes, not seconds
+pytestmark = pytest.mark.slow
 
 
 def test_run_killed_then_resumed_finishes(db_url, tmp_path):

@@ -4,28 +4,34 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from sqlalchemy import text
 
 from renas_db import searches
 from renas_db.config import SearchConfig
-from renas_db.db import queries
+from renas_db.db import admin, protocol
 from renas_db.db.history import export_document, lineage, progress
 from renas_db.db.readonly import QueryRefused, run_read_only
-from renas_db.space import parse
+from renas_db.space import SHORT, parse
+from renas_db.testing import fake_result_for
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "sql.md"
 
 
 def _result(job, fitness):
-    g = parse(job.genotype or job.parent.genotype)
-    return queries.JobResult(genotype=g.to_text(), arch_hash=g.arch_hash(), fitness=fitness,
-                             val_loss=1 - fitness, checkpoint_uri=None, checkpoint_sha256=None,
-                             examples_seen=100, train_seconds=2.0,
-                             mutation=[[0, "op1", 1]] if job.kind == "step" else None,
-                             controller_version=None)
+    return fake_result_for(job, fitness, checkpoint=False, val_loss=1 - fitness,
+                           examples_seen=100, train_seconds=2.0,
+                           mutation=[[0, "op1", 1]] if job.kind == "step" else None)
+
+
+def _svg_texts(path: Path) -> list[str]:
+    """The text of every <text> element of an SVG file."""
+    root = ElementTree.parse(path).getroot()
+    return ["".join(el.itertext()).strip() for el in root.iter("{http://www.w3.org/2000/svg}text")]
 
 
 @pytest.fixture
@@ -34,14 +40,14 @@ def known(store, tmp_path):
     cfg = SearchConfig(population=3, sample=3, steps=3, mutator="random", blocks=2,
                        checkpoint_root=str(tmp_path))
     sid = searches.create(store, "k", cfg)
-    wid = queries.register_worker(store, "h", 1, "cpu")
+    wid = admin.register_worker(store, "h", 1, "cpu")
     for f in (0.1, 0.2, 0.3):
-        job = queries.claim(store, sid, wid)
-        queries.commit_job(store, job, _result(job, f), wid)
+        job = protocol.claim(store, sid, wid)
+        protocol.commit_job(store, job, _result(job, f), wid)
     children = []
     for f in (0.5, 0.4, 0.6):
-        job = queries.claim(store, sid, wid)
-        children.append((job, queries.commit_job(store, job, _result(job, f), wid)))
+        job = protocol.claim(store, sid, wid)
+        children.append((job, protocol.commit_job(store, job, _result(job, f), wid)))
     return store, children
 
 
@@ -162,8 +168,9 @@ def test_cookbook_runs_on_a_real_search(db_url, tmp_path):
         assert r.columns, q
     assert len(run_read_only(store, "SELECT * FROM v_progress WHERE search = 'demo'").rows) == 4
     # plots and cell drawings of the real search
-    from renas_db.plots import draw_cell, plot_progress
     import matplotlib.image as mpimg
+
+    from renas_db.plots import draw_cell, plot_progress
     png = tmp_path / "p.png"
     plot_progress({"demo": progress(store, "demo")}, str(png))
     img = mpimg.imread(png)
@@ -174,9 +181,14 @@ def test_cookbook_runs_on_a_real_search(db_url, tmp_path):
     draw_cell(parse(best[1]), str(cell))
     img = mpimg.imread(cell)
     assert cell.stat().st_size > 15_000 and img.std() > 0.05
+    # the SVG names every edge's op, as text a reader can search and copy
     svg = tmp_path / "cell.svg"
-    draw_cell(parse(best[1]), str(svg))
-    assert "sep" in svg.read_text() or "id" in svg.read_text()
+    genotype = parse(best[1])
+    draw_cell(genotype, str(svg))
+    drawn = Counter(_svg_texts(svg))
+    edges = Counter(SHORT[op] for b in genotype.blocks for op in (b.op1, b.op2))
+    assert {label: n for label, n in drawn.items() if label in SHORT} == edges, drawn
+    assert drawn["concat"] == 1 and drawn[genotype.to_text()] == 1, drawn
     # export -> a torch network
     from renas_db.network import build_from_export
     exp = tmp_path / "best.json"

@@ -6,9 +6,10 @@ from sqlalchemy import text
 
 from renas_db import searches
 from renas_db.config import SearchConfig
-from renas_db.db import queries, session as db_session
+from renas_db.db import admin, protocol, statements
+from renas_db.db import session as db_session
 from renas_db.db.session import Store
-from renas_db.space import parse
+from renas_db.testing import fake_result_for
 
 
 def _config(tmp_path, **kw):
@@ -17,19 +18,16 @@ def _config(tmp_path, **kw):
 
 
 def _cycle(store, sid, wid, fitness):
-    job = queries.claim(store, sid, wid)
+    job = protocol.claim(store, sid, wid)
     if job is None:
         return None
-    g = parse(job.genotype or job.parent.genotype)
-    return job, queries.commit_job(store, job, queries.JobResult(
-        genotype=g.to_text(), arch_hash=g.arch_hash(), fitness=fitness, val_loss=0.1,
-        checkpoint_uri=f"s/{job.id}.pt", checkpoint_sha256="0" * 64, examples_seen=1,
-        train_seconds=0.1, mutation=[[0, "op1", 1]]), wid)
+    result = fake_result_for(job, fitness, mutation=[[0, "op1", 1]])
+    return job, protocol.commit_job(store, job, result, wid)
 
 
 def _run_search(store, tmp_path, name):
     sid = searches.create(store, name, _config(tmp_path))
-    wid = queries.register_worker(store, "h", 1, "cpu")
+    wid = admin.register_worker(store, "h", 1, "cpu")
     history = []
     while (done := _cycle(store, sid, wid, 0.1 + len(history) / 10)) is not None:
         job, child = done
@@ -43,7 +41,7 @@ def test_prepared_and_plain_statements_agree(pg_url, tmp_path, monkeypatch):
     statements, makes the same claims, tournaments and finish."""
     store = Store(pg_url)
     prepared = _run_search(store, tmp_path, "prepared")
-    monkeypatch.setattr(queries._Q, "enabled", False)
+    monkeypatch.setattr(statements.HOT, "enabled", False)
     plain = _run_search(store, tmp_path, "plain")
     # individual ids differ between the two searches: compare positions, not ids
     def shape(history):
@@ -52,21 +50,21 @@ def test_prepared_and_plain_statements_agree(pg_url, tmp_path, monkeypatch):
         return [(k, s, pos.get(p), pos.get(v), tuple(pos[i] for i in smp))
                 for k, s, p, v, smp in history]
     assert shape(prepared) == shape(plain)
-    assert [r["status"] for r in queries.list_searches(store)] == ["finished", "finished"]
+    assert [r["status"] for r in admin.list_searches(store)] == ["finished", "finished"]
     store.dispose()
 
 
 def test_statements_are_prepared_once_per_connection_and_survive_rollback(pg_url, tmp_path):
     store = Store(pg_url, pool_size=1)
     sid = searches.create(store, "s", _config(tmp_path))
-    wid = queries.register_worker(store, "h", 1, "cpu")
+    wid = admin.register_worker(store, "h", 1, "cpu")
     _cycle(store, sid, wid, 0.5)
     # a transaction that fails after using a prepared statement rolls back; the
     # statement stays prepared on that connection and the next claim uses it
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(RuntimeError, match="after the statement"):
         with store.connection() as conn:
-            queries._Q.run(conn, "state", {"sid": sid, "age": -30.0})
-            1 / 0
+            statements.HOT.run(conn, "state", {"sid": sid, "age": -30.0})
+            raise RuntimeError("a failure after the statement")
     _cycle(store, sid, wid, 0.6)
     with store.engine.connect() as conn:
         server = set(conn.execute(text("SELECT name FROM pg_prepared_statements")).scalars())

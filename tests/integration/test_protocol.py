@@ -8,11 +8,12 @@ from sqlalchemy import select
 
 from renas_db import searches
 from renas_db.config import SearchConfig
-from renas_db.db import queries, snapshots
+from renas_db.db import admin, gc, protocol, snapshots
 from renas_db.db.models import Job
 from renas_db.db.reports import check_invariants, search_status
 from renas_db.errors import AlreadyExistsError, LeaseLost, NotFoundError, StateError
-from renas_db.space import parse
+from renas_db.jobs import ClaimedJob
+from renas_db.testing import fake_result_for
 
 
 def _config(tmp_path, **kw):
@@ -22,26 +23,18 @@ def _config(tmp_path, **kw):
     return SearchConfig(**base)
 
 
-def _result(job, fitness, **kw):
-    g = parse(job.genotype or job.parent.genotype)
-    return queries.JobResult(genotype=g.to_text(), arch_hash=g.arch_hash(), fitness=fitness,
-                             val_loss=0.1, checkpoint_uri=f"{job.search_name}/{job.id}.pt",
-                             checkpoint_sha256="0" * 64, examples_seen=10, train_seconds=1.0,
-                             **kw)
-
-
 def _fill_population(store, sid, wid, fits=(0.1, 0.2, 0.3, 0.4)):
     for f in fits:
-        job = queries.claim(store, sid, wid)
+        job = protocol.claim(store, sid, wid)
         assert job.kind == "init"
-        queries.commit_job(store, job, _result(job, f), wid)
+        protocol.commit_job(store, job, fake_result_for(job, f), wid)
 
 
 def test_create_search_and_duplicates(store, tmp_path):
     sid = searches.create(store, "s", _config(tmp_path))
     with pytest.raises(AlreadyExistsError):
         searches.create(store, "s", _config(tmp_path))
-    rows = queries.list_searches(store)
+    rows = admin.list_searches(store)
     assert rows[0]["name"] == "s" and rows[0]["status"] == "created"
     with store.transaction() as s:
         jobs = s.scalars(select(Job).where(Job.search_id == sid)).all()
@@ -50,19 +43,19 @@ def test_create_search_and_duplicates(store, tmp_path):
     assert searches.initial_genotypes(_config(tmp_path)) == \
         [j.genotype for j in jobs]
     with pytest.raises(NotFoundError, match="no search named 'nope'"):
-        queries.set_search_status(store, "nope", "paused")
+        admin.set_search_status(store, "nope", "paused")
 
 
 def test_full_search_lifecycle_and_invariants(store, tmp_path):
     sid = searches.create(store, "s", _config(tmp_path))
-    wid = queries.register_worker(store, "h", 1, "cpu")
+    wid = admin.register_worker(store, "h", 1, "cpu")
     _fill_population(store, sid, wid)
     for step in range(3):
-        job = queries.claim(store, sid, wid)
+        job = protocol.claim(store, sid, wid)
         assert job.kind == "step" and job.step_index == step
         assert job.parent.id in job.sample and job.victim_id in job.sample
-        queries.commit_job(store, job, _result(job, 0.9), wid)
-    assert queries.claim(store, sid, wid) is None
+        protocol.commit_job(store, job, fake_result_for(job, 0.9), wid)
+    assert protocol.claim(store, sid, wid) is None
     st = search_status(store, "s")
     assert st["status"] == "finished" and st["steps_done"] == 3 and st["alive"] == 4
     problems = check_invariants(store, "s")
@@ -71,30 +64,30 @@ def test_full_search_lifecycle_and_invariants(store, tmp_path):
 
 def test_commit_is_fenced_and_applied_once(store, tmp_path):
     sid = searches.create(store, "s", _config(tmp_path))
-    wid = queries.register_worker(store, "h", 1, "cpu")
-    job = queries.claim(store, sid, wid)
-    child = queries.commit_job(store, job, _result(job, 0.5), wid)
+    wid = admin.register_worker(store, "h", 1, "cpu")
+    job = protocol.claim(store, sid, wid)
+    child = protocol.commit_job(store, job, fake_result_for(job, 0.5), wid)
     # a retry after a lost acknowledgement finds the applied result
-    assert queries.commit_job(store, job, _result(job, 0.5), wid) == child
-    other = queries.claim(store, sid, wid)
-    stale = queries.ClaimedJob(**{**other.__dict__, "lease_token": "f" * 32})
+    assert protocol.commit_job(store, job, fake_result_for(job, 0.5), wid) == child
+    other = protocol.claim(store, sid, wid)
+    stale = ClaimedJob(**{**other.__dict__, "lease_token": "f" * 32})
     with pytest.raises(LeaseLost):
-        queries.commit_job(store, stale, _result(other, 0.5), wid)
-    assert not queries.heartbeat(store, other.id, "f" * 32, wid)
-    assert queries.heartbeat(store, other.id, other.lease_token, wid)
+        protocol.commit_job(store, stale, fake_result_for(other, 0.5), wid)
+    assert not protocol.heartbeat(store, other.id, "f" * 32, wid)
+    assert protocol.heartbeat(store, other.id, other.lease_token, wid)
 
 
 def test_expired_lease_is_requeued_then_dead(store, tmp_path):
     sid = searches.create(store, "s", _config(tmp_path, lease_seconds=1.0, max_attempts=2))
-    wid = queries.register_worker(store, "h", 1, "cpu")
-    first = queries.claim(store, sid, wid)
+    wid = admin.register_worker(store, "h", 1, "cpu")
+    first = protocol.claim(store, sid, wid)
     time.sleep(1.3)
-    second = queries.claim(store, sid, wid)   # the sweep requeues it; the oldest is taken
+    second = protocol.claim(store, sid, wid)   # the sweep requeues it; the oldest is taken
     assert second.id == first.id and second.attempt == 2
     with pytest.raises(LeaseLost):
-        queries.commit_job(store, first, _result(first, 0.5), wid)
+        protocol.commit_job(store, first, fake_result_for(first, 0.5), wid)
     time.sleep(1.3)
-    assert queries.recover(store, "s")["requeued_or_dead"] == 1
+    assert protocol.recover(store, "s")["requeued_or_dead"] == 1
     with store.transaction() as s:
         state = s.scalar(select(Job.state).where(Job.id == first.id))
     assert state == "dead"   # an init job dead after max attempts fails the search
@@ -103,46 +96,58 @@ def test_expired_lease_is_requeued_then_dead(store, tmp_path):
 
 def test_fail_and_release(store, tmp_path):
     sid = searches.create(store, "s", _config(tmp_path, max_attempts=3))
-    wid = queries.register_worker(store, "h", 1, "cpu")
-    job = queries.claim(store, sid, wid)
-    assert queries.fail_job(store, job, "boom") == "queued"
-    again = queries.claim(store, sid, wid)
+    wid = admin.register_worker(store, "h", 1, "cpu")
+    job = protocol.claim(store, sid, wid)
+    assert protocol.fail_job(store, job, "boom") == "queued"
+    again = protocol.claim(store, sid, wid)
     assert again.id == job.id and again.attempt == 2
-    queries.release_job(store, again)
-    third = queries.claim(store, sid, wid)
+    protocol.release_job(store, again)
+    third = protocol.claim(store, sid, wid)
     assert third.id == job.id and third.attempt == 2     # a release is not an attempt
     with store.transaction() as s:
         assert s.scalar(select(Job.error).where(Job.id == job.id)) is not None
 
 
+def _assert_victims_reserved(steps):
+    """`steps`: pending steps in the order they were claimed. A step's victim is reserved
+    from its claim on: no step claimed later may sample it, so no two share a victim and
+    none can mutate an individual another is about to remove."""
+    for n, earlier in enumerate(steps):
+        for later in steps[n + 1:]:
+            assert earlier.victim_id not in later.sample, \
+                (f"step {later.step_index} sampled {later.sample}, which holds the victim "
+                 f"{earlier.victim_id} reserved by pending step {earlier.step_index}")
+    assert len({s.victim_id for s in steps}) == len(steps)
+
+
 def test_pause_resume_and_victim_reservation(store, tmp_path):
     sid = searches.create(store, "s", _config(tmp_path, population=4, sample=2, steps=10))
-    wid = queries.register_worker(store, "h", 1, "cpu")
+    wid = admin.register_worker(store, "h", 1, "cpu")
     _fill_population(store, sid, wid)
-    queries.set_search_status(store, "s", "paused")
-    assert queries.claim(store, sid, wid) is None
+    admin.set_search_status(store, "s", "paused")
+    assert protocol.claim(store, sid, wid) is None
     with pytest.raises(StateError):
-        queries.set_search_status(store, "s", "paused")
-    queries.set_search_status(store, "s", "running")
-    a = queries.claim(store, sid, wid)
-    b = queries.claim(store, sid, wid)
-    assert a.victim_id != b.victim_id
-    assert b.victim_id not in a.sample or a.victim_id not in b.sample
-    # 4 alive, 2 reserved as victims: a third step cannot draw 2 from the 2 left... it can
-    c = queries.claim(store, sid, wid)
-    assert c is not None and c.victim_id not in (a.victim_id, b.victim_id)
-    assert queries.claim(store, sid, wid) is None        # only 1 unreserved left < S
+        admin.set_search_status(store, "s", "paused")
+    admin.set_search_status(store, "s", "running")
+    # P=4, S=2: the first step draws from 4, the second from the 3 left unreserved, the
+    # third from the 2 left; then 1 is left, fewer than S
+    a = protocol.claim(store, sid, wid)
+    b = protocol.claim(store, sid, wid)
+    c = protocol.claim(store, sid, wid)
+    assert None not in (a, b, c)
+    _assert_victims_reserved([a, b, c])
+    assert protocol.claim(store, sid, wid) is None
 
 
 def test_controller_update_is_optimistic(store, tmp_path):
     cfg = _config(tmp_path, mutator="renas")
     sid = searches.create(store, "s", cfg)
-    wid = queries.register_worker(store, "h", 1, "cpu")
+    wid = admin.register_worker(store, "h", 1, "cpu")
     _fill_population(store, sid, wid)
-    job = queries.claim(store, sid, wid)
-    queries.commit_job(store, job, _result(job, 0.7, mutation=[[0, "op1", 1]],
-                                           controller_version=0, log_prob=-3.0,
-                                           reward=1.9), wid)
+    job = protocol.claim(store, sid, wid)
+    result = fake_result_for(job, 0.7, mutation=[[0, "op1", 1]], controller_version=0,
+                             log_prob=-3.0, reward=1.9)
+    protocol.commit_job(store, job, result, wid)
     eps = snapshots.unconsumed_episodes(store, sid)
     assert len(eps) == 1 and eps[0].parent_genotype == job.parent.genotype
     version, state, _ = snapshots.latest_snapshot(store, sid)
@@ -160,26 +165,26 @@ def test_controller_update_is_optimistic(store, tmp_path):
 
 def test_gc_candidates_exclude_parents_of_pending_jobs(store, tmp_path):
     sid = searches.create(store, "s", _config(tmp_path, steps=10))
-    wid = queries.register_worker(store, "h", 1, "cpu")
+    wid = admin.register_worker(store, "h", 1, "cpu")
     _fill_population(store, sid, wid)
-    a = queries.claim(store, sid, wid)
-    queries.commit_job(store, a, _result(a, 0.95), wid)
-    assert queries.collectable_checkpoints(store, sid, [a.victim_id]) == \
+    a = protocol.claim(store, sid, wid)
+    protocol.commit_job(store, a, fake_result_for(a, 0.95), wid)
+    assert gc.collectable_checkpoints(store, sid, [a.victim_id]) == \
         [(a.victim_id, f"s/{a.victim_id}.pt")]
-    queries.mark_collected(store, [a.victim_id])
-    assert queries.collectable_checkpoints(store, sid, [a.victim_id]) == []
-    live = queries.live_checkpoints(store, sid)
+    gc.mark_collected(store, [a.victim_id])
+    assert gc.collectable_checkpoints(store, sid, [a.victim_id]) == []
+    live = gc.live_checkpoints(store, sid)
     assert len(live) == 4
 
 
 def test_workers_stop_on_a_paused_search_and_resume_later(store, tmp_path):
     from renas_db.worker import Worker, WorkerOptions
     searches.create(store, "s", _config(tmp_path, population=2, sample=2, steps=2))
-    queries.set_search_status(store, "s", "paused")
+    admin.set_search_status(store, "s", "paused")
     opts = WorkerOptions(search="s", dry_run_seconds=0.0, poll_seconds=0.05)
     summary = Worker(store, opts).run()          # returns at once: nothing to do
     assert summary.jobs_done == 0
-    queries.set_search_status(store, "s", "running")
+    admin.set_search_status(store, "s", "running")
     assert Worker(store, opts).run().jobs_done == 4
     assert search_status(store, "s")["status"] == "finished"
 
@@ -190,15 +195,15 @@ def test_commit_writes_exactly_child_victim_episode_and_counter(store, tmp_path)
     and fitness, the child gets the result, the episode its fields, the worker +1."""
     from renas_db.db.models import Episode, Individual, Worker
     sid = searches.create(store, "s", _config(tmp_path, mutator="renas"))
-    wid = queries.register_worker(store, "h", 1, "cpu")
+    wid = admin.register_worker(store, "h", 1, "cpu")
     _fill_population(store, sid, wid)
-    job = queries.claim(store, sid, wid)
+    job = protocol.claim(store, sid, wid)
     with store.transaction() as s:
         before = s.get(Individual, job.victim_id)
         victim_before = (before.genotype, before.fitness, before.job_id, before.origin)
-    child = queries.commit_job(store, job, _result(job, 0.77, mutation=[[0, "op1", 1]],
-                                                   controller_version=None, log_prob=-2.5,
-                                                   reward=0.3), wid)
+    result = fake_result_for(job, 0.77, mutation=[[0, "op1", 1]], controller_version=None,
+                             log_prob=-2.5, reward=0.3)
+    child = protocol.commit_job(store, job, result, wid)
     with store.transaction() as s:
         victim = s.get(Individual, job.victim_id)
         assert (victim.genotype, victim.fitness, victim.job_id, victim.origin) == victim_before
@@ -217,15 +222,16 @@ def test_commit_writes_exactly_child_victim_episode_and_counter(store, tmp_path)
 
 def test_commit_refuses_a_dead_victim_and_writes_nothing(store, tmp_path):
     from sqlalchemy import update
+
     from renas_db.db.models import Individual
     sid = searches.create(store, "s", _config(tmp_path))
-    wid = queries.register_worker(store, "h", 1, "cpu")
+    wid = admin.register_worker(store, "h", 1, "cpu")
     _fill_population(store, sid, wid)
-    job = queries.claim(store, sid, wid)
+    job = protocol.claim(store, sid, wid)
     with store.transaction() as s:   # an impossible state, forced: the victim died
         s.execute(update(Individual).where(Individual.id == job.victim_id).values(alive=False))
     with pytest.raises(StateError, match="not alive"):
-        queries.commit_job(store, job, _result(job, 0.5), wid)
+        protocol.commit_job(store, job, fake_result_for(job, 0.5), wid)
     with store.transaction() as s:
         assert s.get(Job, job.id).state == "running"
         assert s.scalar(select(Individual.id).where(Individual.job_id == job.id)) is None

@@ -59,7 +59,8 @@ def hang(src, dst):
     print("WRITTEN", flush=True)
     import time; time.sleep(60)
 checkpoints.os.replace = hang
-checkpoints.CheckpointStore(sys.argv[1]).save("s/7-deadbeef.pt", {"state": {"w": torch.zeros(1000)}})
+state = {"state": {"w": torch.zeros(1000)}}
+checkpoints.CheckpointStore(sys.argv[1]).save("s/7-deadbeef.pt", state)
 """
 
 

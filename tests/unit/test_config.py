@@ -8,9 +8,11 @@ from renas_db.errors import ConfigError
 
 def test_defaults_are_the_papers():
     c = SearchConfig()
-    assert (c.population, c.sample, c.steps, c.blocks, c.cells, c.filters) == (20, 5, 4000, 5, 2, 24)
+    assert (c.population, c.sample, c.steps, c.blocks, c.cells, c.filters) == \
+        (20, 5, 4000, 5, 2, 24)
     assert (c.lr_new, c.lr_inherited, c.momentum) == (0.01, 0.001, 0.9)
-    assert (c.controller_hidden, c.temperature, c.tanh_constant, c.entropy_weight) == (100, 5.0, 2.5, 0.1)
+    assert (c.controller_hidden, c.temperature, c.tanh_constant, c.entropy_weight) == \
+        (100, 5.0, 2.5, 0.1)
 
 
 def test_json_round_trip():

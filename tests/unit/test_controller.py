@@ -8,8 +8,7 @@ import random
 import pytest
 import torch
 
-from renas_db.controller import (ControllerConfig, ControllerTrainer, Episode,
-                                 MutationController)
+from renas_db.controller import ControllerConfig, ControllerTrainer, Episode, MutationController
 from renas_db.errors import SnapshotError
 from renas_db.space import SLOTS, parse, random_genotype
 

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from renas_db.data import (Augment, augment_batch, load_cifar10, load_fashion_mnist,
-                           make_synthetic)
+from renas_db.data import Augment, augment_batch, load_cifar10, load_fashion_mnist, make_synthetic
 from renas_db.errors import DataError
 
 

@@ -16,7 +16,7 @@ def _parent():
     g = parse("renasnet")
     net = Network(g, SPEC)
     with torch.no_grad():  # make BN statistics non-trivial so copies are visible
-        for name, buf in net.named_buffers():
+        for buf in net.buffers():
             if buf.dtype.is_floating_point:
                 buf.uniform_(0.5, 1.5)
     return g, net

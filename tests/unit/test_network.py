@@ -5,8 +5,7 @@ import random
 import pytest
 import torch
 
-from renas_db.network import (Network, NetworkSpec, count_mult_adds, count_parameters,
-                              spec_for)
+from renas_db.network import Network, NetworkSpec, count_mult_adds, count_parameters, spec_for
 from renas_db.space import parse, random_genotype
 
 

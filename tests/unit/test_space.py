@@ -6,8 +6,17 @@ import random
 import pytest
 
 from renas_db.errors import GenotypeError
-from renas_db.space import (OPS, Action, Block, Genotype, Node, diff, parse, random_genotype,
-                            vocab_size)
+from renas_db.space import (
+    OPS,
+    Action,
+    Block,
+    Genotype,
+    Node,
+    diff,
+    parse,
+    random_genotype,
+    vocab_size,
+)
 
 
 def test_renasnet_preset():

@@ -10,8 +10,14 @@ from renas_db.errors import DeviceError, TrainingStopped
 from renas_db.inherit import inherit, param_groups
 from renas_db.network import Network, spec_for
 from renas_db.space import Action, parse
-from renas_db.train import (evaluate, fine_tune, prepare, resolve_device, seeded_generator,
-                            train_from_scratch)
+from renas_db.train import (
+    evaluate,
+    fine_tune,
+    prepare,
+    resolve_device,
+    seeded_generator,
+    train_from_scratch,
+)
 
 CPU = torch.device("cpu")
 SPEC = spec_for("synthetic", cells=1, filters=4)

@@ -1,0 +1,51 @@
+"""Which checkpoints a search still needs, and which it may delete."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select, update
+
+from renas_db.db.models import Individual, Job
+from renas_db.db.session import Store
+from renas_db.jobs import PENDING_STATES, JobKind
+
+
+def collectable_checkpoints(store: Store, search_id: int,
+                            candidates: Sequence[int]) -> list[tuple[int, str]]:
+    """Of the given individuals, the dead ones whose checkpoint no queued or running job
+    still needs as its parent."""
+    if not candidates:
+        return []
+    with store.transaction(write=False) as s:
+        needed = select(Job.parent_id).where(Job.search_id == search_id,
+                                             Job.state.in_(PENDING_STATES),
+                                             Job.parent_id.is_not(None))
+        rows = s.execute(select(Individual.id, Individual.checkpoint_uri).where(
+            Individual.id.in_(list(candidates)), Individual.alive.is_(False),
+            Individual.checkpoint_uri.is_not(None), Individual.id.not_in(needed))).all()
+        return [(r[0], r[1]) for r in rows]
+
+
+def live_checkpoints(store: Store, search_id: int) -> set[str]:
+    """Every checkpoint the search keeps: alive individuals, retrained networks and the
+    parents of pending jobs."""
+    with store.transaction(write=False) as s:
+        # three bounded lookups (alive index, retrain jobs, pending jobs), not one OR
+        # that would scan the whole history
+        alive = select(Individual.checkpoint_uri).where(
+            Individual.search_id == search_id, Individual.alive.is_(True))
+        retrained = select(Individual.checkpoint_uri).join(Job, Job.id == Individual.job_id) \
+            .where(Job.search_id == search_id, Job.kind == JobKind.RETRAIN)
+        parents = select(Individual.checkpoint_uri).join(Job, Job.parent_id == Individual.id) \
+            .where(Job.search_id == search_id, Job.state.in_(PENDING_STATES))
+        uris: set[str] = set()
+        for q in (alive, retrained, parents):
+            uris.update(u for u in s.scalars(q) if u)
+        return uris
+
+
+def mark_collected(store: Store, ids: Sequence[int]) -> None:
+    with store.transaction() as s:
+        s.execute(update(Individual).where(Individual.id.in_(list(ids)),
+                                           Individual.alive.is_(False))
+                  .values(checkpoint_uri=None, checkpoint_sha256=None))

@@ -1,0 +1,64 @@
+"""An executor with no training, for coordination tests and benchmarks: the fitness is a
+deterministic function of the genotype, and a tiny checkpoint is written and read as a
+real one would be."""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+
+from renas_db import space
+from renas_db.checkpoints import CheckpointStore
+from renas_db.controller import ControllerConfig
+from renas_db.errors import TrainingStopped
+from renas_db.jobs import ClaimedJob, JobKind, JobResult, checkpoint_uri
+from renas_db.mutators import Mutator, mutation_rng
+
+Progress = Callable[[int, int], None]
+
+
+def dry_fitness(genotype: space.Genotype) -> float:
+    """A fitness in [0.5, 0.95] that depends only on the genotype."""
+    return 0.5 + hashlib.sha256(genotype.to_text().encode()).digest()[0] / 255 * 0.45
+
+
+class DryRunExecutor:
+    def __init__(self, checkpoint_root: str | None, seconds: float = 0.0) -> None:
+        self.checkpoint_root = checkpoint_root
+        self.seconds = seconds
+
+    def checkpoints(self, job: ClaimedJob) -> CheckpointStore:
+        return CheckpointStore(self.checkpoint_root or job.checkpoint_root)
+
+    def run(self, job: ClaimedJob, mutator: Mutator | None, progress: Progress | None,
+            stop: threading.Event) -> JobResult:
+        proposal = None
+        if job.kind == JobKind.STEP:
+            assert job.parent is not None and job.parent.checkpoint_uri is not None
+            assert mutator is not None
+            parent = space.parse(job.parent.genotype)
+            self.checkpoints(job).load(job.parent.checkpoint_uri, job.parent.checkpoint_sha256)
+            proposal = mutator.propose(parent, mutation_rng(job.config.seed, job.id,
+                                                            job.attempt))
+            genotype = parent.apply(proposal.actions)
+        else:
+            assert job.genotype is not None
+            genotype = space.parse(job.genotype)
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline and not stop.is_set():
+            time.sleep(min(0.05, self.seconds))
+        if stop.is_set():
+            raise TrainingStopped("stopped")
+        fitness = dry_fitness(genotype)
+        uri = checkpoint_uri(job)
+        sha = self.checkpoints(job).save(uri, {"genotype": genotype.to_text(), "state": {}})
+        result = JobResult(genotype=genotype.to_text(), arch_hash=genotype.arch_hash(),
+                           fitness=fitness, val_loss=1.0 - fitness, checkpoint_uri=uri,
+                           checkpoint_sha256=sha, examples_seen=0, train_seconds=self.seconds)
+        if proposal is not None:
+            result.mutation = space.actions_to_json(proposal.actions)
+            result.controller_version = proposal.controller_version
+            result.log_prob = proposal.log_prob
+            result.reward = ControllerConfig().reward(fitness)
+        return result

@@ -1,0 +1,79 @@
+"""The search's controller as every worker shares it: the newest snapshot, cached in
+memory between jobs, and the optimistic fold of finished episodes into the next one.
+
+Snapshot versions are the try-lock: writing version v+1 succeeds for exactly one
+worker, and it consumes exactly the episodes it folded (renas_db/db/snapshots.py)."""
+from __future__ import annotations
+
+import logging
+
+from renas_db import space
+from renas_db.controller import ControllerTrainer, Episode, controller_config
+from renas_db.db import snapshots
+from renas_db.db.session import Store
+from renas_db.jobs import ClaimedJob
+from renas_db.mutators import Mutator, mutator_spec
+from renas_db.retry import retrying
+
+log = logging.getLogger("renas_db.worker")
+FOLD_TRIES = 20  # a worker that keeps losing the race gives up; the winners fold its episodes
+
+
+class SharedController:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._trainers: dict[int, ControllerTrainer] = {}
+
+    def trainer(self, job: ClaimedJob) -> ControllerTrainer:
+        """The newest snapshot of the job's search, read again only when another worker
+        has written a newer version."""
+        cached = self._trainers.get(job.search_id)
+        latest = retrying("snapshot version", snapshots.latest_version, self.store,
+                          job.search_id)
+        if cached is None or cached.version != latest:
+            _, state, _ = retrying("snapshot", snapshots.latest_snapshot, self.store,
+                                   job.search_id)
+            cached = ControllerTrainer.from_bytes(state, controller_config(job.config))
+            self._trainers[job.search_id] = cached
+        return cached
+
+    def mutator(self, job: ClaimedJob) -> Mutator:
+        """The search's mutator, with the newest snapshot where it needs the controller."""
+        spec = mutator_spec(job.config.mutator)
+        return spec.factory(self.trainer(job) if spec.trains_controller else None)
+
+    def trains(self, job: ClaimedJob) -> bool:
+        return mutator_spec(job.config.mutator).trains_controller
+
+    def fold(self, job: ClaimedJob) -> dict[str, float] | None:
+        """Fold every unconsumed episode of the job's search into snapshot version+1.
+        A worker that loses the race re-reads and tries again until nothing is left.
+        Returns the update's statistics, or None if there was nothing to fold (or
+        another worker folded it)."""
+        for _ in range(FOLD_TRIES):
+            episodes = retrying("episodes", snapshots.unconsumed_episodes, self.store,
+                                job.search_id)
+            if not episodes:
+                return None
+            trainer = self.trainer(job)
+            version = trainer.version
+            saved = False
+            try:
+                stats = trainer.update([Episode(space.parse(e.parent_genotype),
+                                                space.actions_from_json(e.actions),
+                                                e.log_prob, e.fitness) for e in episodes])
+                state = trainer.to_bytes()
+                saved = retrying(
+                    "controller update", snapshots.save_update, self.store, job.search_id,
+                    version, state, [e.id for e in episodes],
+                    episodes_seen=trainer.episodes_seen, mean_reward=stats["mean_reward"],
+                    baseline=stats["baseline"], stats=stats)
+            finally:
+                if not saved:
+                    # the update changed the cached copy only: drop it, re-read, retry
+                    self._trainers.pop(job.search_id, None)
+            if saved:
+                log.info("controller v%d: %d episodes, mean reward %.3f", version + 1,
+                         len(episodes), stats["mean_reward"])
+                return stats
+        return None

@@ -1,0 +1,60 @@
+"""Factories for tests and benchmarks: job results with no training behind them.
+
+Torch-free, so that protocol tests and coordination benchmarks measure the database and
+nothing else.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from renas_db.jobs import ClaimedJob, JobResult
+from renas_db.space import Genotype, parse
+
+# no file is ever written for a fake checkpoint: a fixed digest stands in for its hash
+FAKE_SHA256 = "0" * 64
+
+
+def fake_result(genotype: Genotype | str,
+                fitness: float,
+                *,
+                val_loss: float | None = None,
+                checkpoint_uri: str | None = None,
+                examples_seen: int = 0,
+                train_seconds: float = 0.0,
+                n_params: int | None = None,
+                test_accuracy: float | None = None,
+                controller_version: int | None = None,
+                mutation: list[Any] | None = None,
+                log_prob: float | None = None,
+                reward: float | None = None) -> JobResult:
+    """The result of training `genotype` to `fitness`, as a commit receives it. A
+    checkpoint URI gets FAKE_SHA256 as its digest."""
+    g = parse(genotype) if isinstance(genotype, str) else genotype
+    return JobResult(genotype=g.to_text(), arch_hash=g.arch_hash(), fitness=fitness,
+                     val_loss=val_loss, checkpoint_uri=checkpoint_uri,
+                     checkpoint_sha256=FAKE_SHA256 if checkpoint_uri is not None else None,
+                     examples_seen=examples_seen, train_seconds=train_seconds,
+                     n_params=n_params, test_accuracy=test_accuracy,
+                     controller_version=controller_version, mutation=mutation,
+                     log_prob=log_prob, reward=reward)
+
+
+def trained_genotype(job: ClaimedJob) -> str:
+    """The genotype a claimed job trains: its own (init, retrain) or its parent's (a step
+    whose fake result skips the mutation)."""
+    if job.genotype is not None:
+        return job.genotype
+    if job.parent is None:
+        raise ValueError(f"job {job.id} has neither a genotype nor a parent")
+    return job.parent.genotype
+
+
+def fake_result_for(job: ClaimedJob,
+                    fitness: float,
+                    *,
+                    checkpoint: bool = True,
+                    **fields: Any) -> JobResult:
+    """fake_result for a claimed job: the genotype it trains and, unless
+    checkpoint=False, the checkpoint `<search>/<job id>.pt`. `fields` go to fake_result."""
+    uri = f"{job.search_name}/{job.id}.pt" if checkpoint else None
+    return fake_result(trained_genotype(job), fitness, checkpoint_uri=uri, **fields)
