@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -63,7 +65,7 @@ def lineage_cmd(app: AppContext, individual_id: int, as_json_: bool) -> None:
           title=f"lineage of {individual_id} ({len(chain) - 1} ancestors)")
 
 
-def _mutation(actions) -> str:  # type: ignore[no-untyped-def]
+def _mutation(actions: Sequence[Sequence[Any]] | None) -> str:  # [[block, field, value], ...]
     if not actions:
         return "-"
     return ", ".join(f"b{a[0]}.{a[1]}={a[2]}" for a in actions)

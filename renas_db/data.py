@@ -10,6 +10,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,9 +137,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """CIFAR's python batches are pickles: allow only numpy array reconstruction, so a
     hostile file cannot run code."""
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
+               ("numpy", "dtype"), ("_codecs", "encode")}
 
-    def find_class(self, module: str, name: str):  # type: ignore[no-untyped-def]
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
@@ -236,8 +238,7 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
 
 # -- batches and augmentation -------------------------------------------------------------
 def batches(n: int, batch_size: int, generator: torch.Generator | None, *,
-            examples: int | None = None, device: torch.device | None = None
-            ) -> Iterator[torch.Tensor]:
+            examples: int | None = None) -> Iterator[torch.Tensor]:
     """Index batches over a split: shuffled (with a generator) and cut at `examples`."""
     total = n if examples is None else examples
     done = 0
@@ -248,7 +249,7 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None, *,
             take = min(batch_size, total - done, n - start)
             if take <= 0:
                 return
-            yield order[start:start + take].to(device) if device else order[start:start + take]
+            yield order[start:start + take]
             done += take
 
 

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,9 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 
 
 class BlockOps(nn.Module):
+    op1: nn.Module
+    op2: nn.Module
+
     def __init__(self, block: space.Block, c: int, reduction: bool) -> None:
         super().__init__()
         self.op1 = OPS[space.OPS[block.op1]](c, 2 if reduction and block.in1 < 2 else 1)
@@ -63,6 +67,9 @@ class BlockOps(nn.Module):
 
 
 class Cell(nn.Module):
+    out_channels: int
+    drop_prob: float
+
     def __init__(self, genotype: Genotype, c_prev_prev: int, c_prev: int, c: int,
                  reduction: bool, reduction_prev: bool) -> None:
         super().__init__()
@@ -86,18 +93,24 @@ class Cell(nn.Module):
             self.preprocess0(s0) if hasattr(self, "preprocess0") else None,
             self.preprocess1(s1) if hasattr(self, "preprocess1") else None]
         drop = self.training and self.drop_prob > 0
-        for block, ops, skip in zip(self.genotype.blocks, self.blocks, self._skip):
+        # self.blocks holds only BlockOps; ModuleList types its items as Module
+        blocks = cast("Iterable[BlockOps]", self.blocks)
+        for block, ops, skip in zip(self.genotype.blocks, blocks, self._skip):
             h1 = ops.op1(states[block.in1])
             h2 = ops.op2(states[block.in2])
             if drop:
                 h1 = h1 if skip[0] else drop_path(h1, self.drop_prob)
                 h2 = h2 if skip[1] else drop_path(h2, self.drop_prob)
             states.append(h1 + h2)
-        return torch.cat([states[2 + j] for j in self.loose_ends], dim=1)
+        # entries from 2 on are block outputs, never None
+        return torch.cat([cast(torch.Tensor, states[2 + j]) for j in self.loose_ends], dim=1)
 
 
 class DeadCell(nn.Module):
     """Stands in for a cell whose output nothing reads: no parameters, never run."""
+
+    out_channels: int
+    drop_prob: float
 
     def __init__(self, out_channels: int) -> None:
         super().__init__()
@@ -180,13 +193,17 @@ class Network(nn.Module):
         self.dropout = nn.Dropout(spec.dropout)
         self.classifier = nn.Linear(c_prev, spec.num_classes)
 
+    def _cells(self) -> list[Cell | DeadCell]:
+        # self.cells holds only these; ModuleList types its items as Module
+        return cast("list[Cell | DeadCell]", list(self.cells))
+
     @property
-    def drop_prob(self) -> float:  # type: ignore[override]
-        return self.cells[0].drop_prob
+    def drop_prob(self) -> float:
+        return self._cells()[0].drop_prob
 
     @drop_prob.setter
     def drop_prob(self, value: float) -> None:
-        for cell in self.cells:
+        for cell in self._cells():
             cell.drop_prob = value
 
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -206,8 +223,8 @@ class Network(nn.Module):
         """Parameters whose input channels are a cell's concatenated loose ends, mapped to
         the block channel width of that concat (used for slice-copy inheritance)."""
         readers: dict[str, int] = {}
-        width = {i: int(cell.out_channels) // len(self.genotype.loose_ends())
-                 for i, cell in enumerate(self.cells)}
+        width = {i: cell.out_channels // len(self.genotype.loose_ends())
+                 for i, cell in enumerate(self._cells())}
         for i, cell in enumerate(self.cells):
             if not self.live[i]:
                 continue

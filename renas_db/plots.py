@@ -9,7 +9,7 @@ from renas_db.errors import ConfigError
 from renas_db.space import SHORT, Genotype
 
 
-def pyplot():  # type: ignore[no-untyped-def]
+def pyplot() -> Any:  # the matplotlib.pyplot module
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

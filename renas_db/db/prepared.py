@@ -14,19 +14,22 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any, Union, cast
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, CursorResult
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.expression import Select, TextClause, UpdateBase
 
 _PARAM = re.compile(r"%\((\w+)\)s")
 _EXPANDING = re.compile(r"__\[POSTCOMPILE_(\w+)\]")
 
+# a hot statement: compiled here for PREPARE, and executed as it is on SQLite
+Statement = Union["Select[Any]", UpdateBase]
+
 
 class _Plan:
-    def __init__(self, name: str, stmt: ClauseElement, columns: Sequence[str] | None) -> None:
+    def __init__(self, name: str, stmt: Statement, columns: Sequence[str] | None) -> None:
         dialect = postgresql.psycopg2.dialect()
         compiled = stmt.compile(dialect=dialect, column_keys=columns)
         order: list[str] = []
@@ -36,7 +39,8 @@ class _Plan:
 
         def inline(m: re.Match) -> str:  # a constant IN list
             bind = compiled.binds[m.group(1)]
-            return ", ".join(literal(bind, v) for v in bind.value)
+            # an expanding bind the statement itself holds: its value is the list, not None
+            return ", ".join(literal(bind, v) for v in cast(Sequence[Any], bind.value))
 
         def number(m: re.Match) -> str:
             bind = compiled.binds[m.group(1)]
@@ -58,21 +62,21 @@ class _Plan:
 
 
 # an INSERT names the columns its parameters fill (they decide the statement's shape)
-Entry = Union[ClauseElement, "tuple[ClauseElement, Sequence[str]]"]
+Entry = Union[Statement, "tuple[Statement, Sequence[str]]"]
 
 
 class Statements:
     """A named set of Core statements; `run(conn, key, params)` executes one."""
 
     def __init__(self, prefix: str, statements: Mapping[str, Entry]) -> None:
-        self.core: dict[str, ClauseElement] = {}
+        self.core: dict[str, Statement] = {}
         self.columns: dict[str, Sequence[str] | None] = {}
         for key, entry in statements.items():
             stmt, cols = entry if isinstance(entry, tuple) else (entry, None)
             self.core[key], self.columns[key] = stmt, cols
         self.prefix = prefix
         self._plans: dict[str, _Plan] = {}
-        self._calls: dict[tuple[str, ...], Any] = {}  # EXECUTE text per statement sequence
+        self._calls: dict[tuple[str, ...], TextClause] = {}  # EXECUTE text per statement sequence
         self._names: dict[str, list[str]] = {}
         self.enabled = os.environ.get("RENAS_DB_PREPARE", "1") != "0"
 

@@ -8,10 +8,10 @@ renas_db/db/statements.py.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, select, update
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection, CursorResult, Row
 
 from renas_db.config import SearchConfig
 from renas_db.db.admin import get_search
@@ -64,10 +64,12 @@ def _event(conn: Connection, kind: str, message: str, search_id: int, *,
 def heartbeat(store: Store, job_id: int, lease_token: str, worker_id: int) -> bool:
     """Renew the lease; False means it was lost (another worker may own the job)."""
     with store.transaction() as s:
-        n = s.execute(update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING,
-                                        Job.lease_token == lease_token)
-                      .values(heartbeat_at=db_now())
-                      .execution_options(synchronize_session=False)).rowcount  # type: ignore[attr-defined]
+        # Session.execute is typed as Result; a bulk UPDATE's is a CursorResult
+        n = cast(CursorResult[Any], s.execute(
+            update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING,
+                              Job.lease_token == lease_token)
+            .values(heartbeat_at=db_now())
+            .execution_options(synchronize_session=False))).rowcount
         s.execute(update(Worker).where(Worker.id == worker_id)
                   .values(heartbeat_at=db_now()).execution_options(synchronize_session=False))
         return bool(n == 1)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from renas_db.db.models import ControllerSnapshot, Episode, Individual, Job, db_now
@@ -84,10 +85,12 @@ def save_update(store: Store, search_id: int, base_version: int, state: bytes,
             insert_snapshot(s, search_id, version, state, episodes_seen=episodes_seen,
                             mean_reward=mean_reward, baseline=baseline, stats=stats)
             s.flush()
-            n = s.execute(update(Episode).where(Episode.id.in_(list(episode_ids)),
-                                                Episode.consumed_in_version.is_(None))
-                          .values(consumed_in_version=version)
-                          .execution_options(synchronize_session=False)).rowcount
+            # Session.execute is typed as Result; a bulk UPDATE's is a CursorResult
+            n = cast(CursorResult[Any], s.execute(
+                update(Episode).where(Episode.id.in_(list(episode_ids)),
+                                      Episode.consumed_in_version.is_(None))
+                .values(consumed_in_version=version)
+                .execution_options(synchronize_session=False))).rowcount
             if n != len(episode_ids):
                 raise _Lost()
             s.execute(update(ControllerSnapshot).where(
