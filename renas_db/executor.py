@@ -143,6 +143,7 @@ class TrainingExecutor:
                                    lr=cfg.init_lr, batch_size=cfg.batch_size,
                                    momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                    train_subset=cfg.train_subset, val_examples=cfg.val_examples,
+                                   bn_batches=cfg.bn_batches,
                                    generator=self._generator(job), progress=progress, stop=stop)
         result.fitness, result.val_loss = r.val_accuracy, r.val_loss
         result.examples_seen, result.train_seconds = r.examples_seen, r.seconds
@@ -155,7 +156,7 @@ class TrainingExecutor:
         from renas_db.inherit import inherit, param_groups
         from renas_db.mutators import mutation_rng
         from renas_db.network import Network, spec_for
-        from renas_db.train import evaluate, fine_tune, prepare
+        from renas_db.train import evaluate_recalibrated, fine_tune, prepare
         cfg, t = job.config, self.timings
         assert job.parent is not None
         with t.timed("load_data"):
@@ -178,15 +179,19 @@ class TrainingExecutor:
             r = fine_tune(network, groups, data, device=self.device, batch_size=cfg.batch_size,
                           examples=cfg.finetune_examples or cfg.train_subset,
                           momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          train_subset=cfg.train_subset,
                           generator=self._generator(job), progress=progress, stop=stop)
         with t.timed("evaluate"):
-            result.fitness, result.val_loss = evaluate(
-                network, data.val.head(cfg.val_examples), data, device=self.device)
+            result.fitness, result.val_loss = evaluate_recalibrated(
+                network, data, device=self.device, bn_batches=cfg.bn_batches,
+                batch_size=cfg.batch_size, train_subset=cfg.train_subset,
+                val_examples=cfg.val_examples, generator=self._generator(job))
         result.examples_seen, result.train_seconds = r.examples_seen, r.seconds
         result.mutation = space.actions_to_json(proposal.actions)
         result.controller_version = proposal.controller_version
         result.log_prob = proposal.log_prob
-        result.reward = controller_config(cfg).reward(result.fitness)
+        result.reward = controller_config(cfg).episode_reward(
+            result.fitness, job.parent.fitness, proposal.entropy)
         return genotype, network
 
     def _retrain(self, job: ClaimedJob, result: JobResult, progress: Progress | None,
@@ -214,7 +219,7 @@ class TrainingExecutor:
                                    momentum=cfg.momentum, weight_decay=recipe.weight_decay,
                                    aux_weight=recipe.aux_weight, drop_path=recipe.drop_path,
                                    cutout=recipe.cutout, train_subset=recipe.train_subset,
-                                   test=True, generator=seeded_generator(recipe.seed),
+                                   bn_batches=cfg.bn_batches, test=True, generator=seeded_generator(recipe.seed),
                                    progress=progress, stop=stop)
         result.fitness, result.val_loss = r.val_accuracy, r.val_loss
         result.test_accuracy = r.test_accuracy
@@ -263,9 +268,10 @@ class DryRunExecutor(TrainingExecutor):
                            fitness=fitness, val_loss=1.0 - fitness, checkpoint_uri=uri,
                            checkpoint_sha256=sha, examples_seen=0, train_seconds=self.seconds)
         if proposal is not None:
-            from renas_db.controller import ControllerConfig
+            from renas_db.controller import controller_config
             result.mutation = space.actions_to_json(proposal.actions)
             result.controller_version = proposal.controller_version
             result.log_prob = proposal.log_prob
-            result.reward = ControllerConfig().reward(fitness)
+            result.reward = controller_config(cfg).episode_reward(
+                fitness, job.parent.fitness, proposal.entropy)
         return result

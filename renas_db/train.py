@@ -67,11 +67,14 @@ class FineTuneResult:
 def fine_tune(network: Network, param_groups: list[dict], dataset: Dataset, *,
               device: torch.device, batch_size: int, examples: int | None = None,
               momentum: float = 0.9, weight_decay: float = 3e-4,
-              generator: torch.Generator | None = None, progress: Progress | None = None,
+              train_subset: int | None = None, generator: torch.Generator | None = None,
+              progress: Progress | None = None,
               stop: threading.Event | None = None) -> FineTuneResult:
-    """One pass over the training split (or `examples`) with the inheritance groups."""
+    """One pass over the training split (or `examples`) with the inheritance groups.
+    `train_subset`: the first that many training images, the same subset the initial
+    population was trained on."""
     start = time.perf_counter()
-    train = dataset.train
+    train = dataset.train.head(train_subset)
     total = len(train) if examples is None else examples
     # foreach: one fused update over all tensors instead of a Python loop per parameter
     optimizer = torch.optim.SGD(param_groups, momentum=momentum, weight_decay=weight_decay,
