@@ -142,10 +142,11 @@ def _input_probs(controller, g, slot: str) -> torch.Tensor:
     return torch.softmax(controller.input_logits(h_slot, candidates), 0)
 
 
-def _toy_attention(form: str, seed: int, episodes: int, shuffled: bool) -> float:
+def _toy_attention(form: str, seed: int, episodes: int, shuffled: bool
+                   ) -> tuple[list[float], list[float]]:
     """REINFORCE on a reward that wants different inputs for IN1 and IN2 of one block.
     The slot of that block is set in turn to IN1 and IN2 (its value sampled from the
-    controller) so that both are trained; returns P(IN1 -> its input) + P(IN2 -> its)."""
+    controller) so that both are trained; returns the two conditionals P(value | slot)."""
     g = parse("renasnet")
     trainer = ControllerTrainer.fresh(ControllerConfig(input_attention=form), seed=seed)
     c = trainer.controller
@@ -162,19 +163,26 @@ def _toy_attention(form: str, seed: int, episodes: int, shuffled: bool) -> float
             hit = rng.random() < 0.2
         trainer.update([Episode(g, actions, c.log_prob(g, actions), 0.9 if hit else 0.1)])
     with torch.no_grad():
-        return float(_input_probs(c, g, "in1")[TOY_WANT["in1"]]
-                     + _input_probs(c, g, "in2")[TOY_WANT["in2"]])
+        return _input_probs(c, g, "in1").tolist(), _input_probs(c, g, "in2").tolist()
+
+
+def _slot_separation(p1: list[float], p2: list[float]) -> float:
+    """How much more each slot wants its own input than the other slot does. With
+    Linear([h_slot; h_cand]) both slots rank the candidates identically (only the tanh
+    shaping of the logits can flatten one of them), so one of the two terms stays small."""
+    a, b = TOY_WANT["in1"], TOY_WANT["in2"]
+    return min(p1[a] - p2[a], p2[b] - p1[b])
 
 
 def test_input_mutator_learns_different_inputs_for_in1_and_in2(capsys):
-    # Linear([h_slot; h_cand]) gives IN1 and IN2 the same distribution, so this sum can
-    # never exceed 1 with it (input_attention="concat": measured 0.95-0.97 at best)
-    learnt = _toy_attention("additive", seed=3, episodes=800, shuffled=False)
-    shuffled = _toy_attention("additive", seed=3, episodes=800, shuffled=True)
+    p1, p2 = _toy_attention("additive", seed=3, episodes=800, shuffled=False)
+    s1, s2 = _toy_attention("additive", seed=3, episodes=800, shuffled=True)
     with capsys.disabled():
-        print(f"\nP(IN1->0) + P(IN2->4): {learnt:.3f} learnt, {shuffled:.3f} shuffled rewards")
-    assert learnt > 1.25
-    assert shuffled < 0.8
+        print(f"\nIN1 {[round(x, 3) for x in p1]}  IN2 {[round(x, 3) for x in p2]}  "
+              f"separation {_slot_separation(p1, p2):.3f}, shuffled rewards "
+              f"{_slot_separation(s1, s2):.3f}")
+    assert _slot_separation(p1, p2) > 0.3
+    assert _slot_separation(s1, s2) < 0.1
 
 
 # -- reward, baseline, batching, snapshots ----------------------------------------------
