@@ -74,6 +74,14 @@ class SearchConfig:
     tanh_constant: float = _f(2.5, "controller tanh constant", lo=1e-6, hi=1e6)
     ratio_clip: float = _f(0.2, "clip of the importance ratio for stale episodes",
                            lo=0.0, hi=10)
+    controller_batch: int = _f(1, "episodes folded into one controller update (1 = the "
+                               "paper: one step per child)", lo=1, hi=100000)
+    reward: str = _f("child", "controller reward: child = tan(f_C pi/2) (the paper), gain = "
+                     "tan(f_C pi/2) - tan(f_B pi/2) (relative to the parent)",
+                     choices=("child", "gain"))
+    bn_batches: int = _f(16, "training batches that re-estimate batch-norm statistics "
+                         "before every evaluation (0 = keep the running statistics)",
+                         lo=0, hi=100000)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

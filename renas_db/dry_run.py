@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from renas_db import space
 from renas_db.checkpoints import CheckpointStore
-from renas_db.controller import ControllerConfig
+from renas_db.controller import controller_config
 from renas_db.errors import TrainingStopped
 from renas_db.jobs import ClaimedJob, JobKind, JobResult, checkpoint_uri
 from renas_db.mutators import Mutator, mutation_rng
@@ -60,5 +60,6 @@ class DryRunExecutor:
             result.mutation = space.actions_to_json(proposal.actions)
             result.controller_version = proposal.controller_version
             result.log_prob = proposal.log_prob
-            result.reward = ControllerConfig().reward(fitness)
+            result.reward = controller_config(job.config).episode_reward(
+                fitness, job.parent.fitness if job.parent else fitness, proposal.entropy)
         return result

@@ -23,7 +23,7 @@ from renas_db.network import Network, count_mult_adds, count_parameters, spec_fo
 from renas_db.retrain import RetrainRecipe
 from renas_db.timings import Timings
 from renas_db.train import (
-    evaluate,
+    evaluate_recalibrated,
     fine_tune,
     prepare,
     resolve_device,
@@ -115,6 +115,7 @@ class TrainingExecutor:
                                    lr=cfg.init_lr, batch_size=cfg.batch_size,
                                    momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                    train_subset=cfg.train_subset, val_examples=cfg.val_examples,
+                                   bn_batches=cfg.bn_batches,
                                    generator=self._generator(job), progress=progress, stop=stop)
         result.fitness, result.val_loss = r.val_accuracy, r.val_loss
         result.examples_seen, result.train_seconds = r.examples_seen, r.seconds
@@ -146,15 +147,19 @@ class TrainingExecutor:
             r = fine_tune(network, groups, data, device=self.device, batch_size=cfg.batch_size,
                           examples=cfg.finetune_examples or cfg.train_subset,
                           momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          train_subset=cfg.train_subset,
                           generator=self._generator(job), progress=progress, stop=stop)
         with t("evaluate"):
-            result.fitness, result.val_loss = evaluate(
-                network, data.val.head(cfg.val_examples), data, device=self.device)
+            result.fitness, result.val_loss = evaluate_recalibrated(
+                network, data, device=self.device, bn_batches=cfg.bn_batches,
+                batch_size=cfg.batch_size, train_subset=cfg.train_subset,
+                val_examples=cfg.val_examples, generator=self._generator(job))
         result.examples_seen, result.train_seconds = r.examples_seen, r.seconds
         result.mutation = space.actions_to_json(proposal.actions)
         result.controller_version = proposal.controller_version
         result.log_prob = proposal.log_prob
-        result.reward = controller_config(cfg).reward(result.fitness)
+        result.reward = controller_config(cfg).episode_reward(
+            result.fitness, job.parent.fitness, proposal.entropy)
         return genotype, network
 
     def _retrain(self, job: ClaimedJob, result: JobResult, progress: Progress | None,
@@ -180,7 +185,8 @@ class TrainingExecutor:
                                    momentum=cfg.momentum, weight_decay=recipe.weight_decay,
                                    aux_weight=recipe.aux_weight, drop_path=recipe.drop_path,
                                    cutout=recipe.cutout, train_subset=recipe.train_subset,
-                                   test=True, generator=seeded_generator(recipe.seed),
+                                   bn_batches=cfg.bn_batches, test=True,
+                                   generator=seeded_generator(recipe.seed),
                                    progress=progress, stop=stop)
         result.fitness, result.val_loss = r.val_accuracy, r.val_loss
         result.test_accuracy = r.test_accuracy

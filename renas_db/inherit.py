@@ -49,10 +49,32 @@ def check_state(genotype: Genotype, spec: NetworkSpec, state: dict[str, torch.Te
                                   f"{tuple(state[k].shape)}, expected {tuple(shape)}")
 
 
+def _stride(input_index: int, reduction: bool) -> int:
+    # the network's rule (BlockOps): in a reduction cell only the cell inputs are strided
+    return 2 if reduction and input_index < 2 else 1
+
+
 def _mutated_prefixes(parent: Genotype, child: Genotype, network: Network) -> list[str]:
-    nodes = diff(parent, child)
-    return [f"cells.{i}.blocks.{n.block}.op{n.pair + 1}."
-            for i in range(len(network.cells)) for n in nodes]
+    """The op modules to initialise afresh, per cell. A node whose op is unchanged and
+    whose new input gives the op the same stride in that cell keeps its weights: the op
+    is the same function of a same-shaped input (only the tensor it reads moved), so its
+    trained filters are a better start than noise. Shapes are checked again when copying."""
+    prefixes = []
+    for i, cell in enumerate(network.cells):
+        reduction = bool(getattr(cell, "reduction", False))
+        for n in diff(parent, child):
+            slot_in, slot_op = ("in1", "op1") if n.pair == 0 else ("in2", "op2")
+            p, c = parent.blocks[n.block], child.blocks[n.block]
+            same_op = getattr(p, slot_op) == getattr(c, slot_op)
+            same_stride = (_stride(getattr(p, slot_in), reduction)
+                           == _stride(getattr(c, slot_in), reduction))
+            if not (same_op and same_stride):
+                prefixes.append(f"cells.{i}.blocks.{n.block}.op{n.pair + 1}.")
+    return prefixes
+
+
+def _is_op_tensor(name: str) -> bool:
+    return ".blocks." in name and ".op" in name
 
 
 def inherit(parent_genotype: Genotype, parent_state: dict[str, torch.Tensor],
@@ -68,8 +90,10 @@ def inherit(parent_genotype: Genotype, parent_state: dict[str, torch.Tensor],
     params = {name for name, _ in child.named_parameters()}
     with torch.no_grad():
         for name, target in child_state.items():
-            source = parent_state.get(name)
-            fresh = source is None or any(name.startswith(p) for p in mutated)
+            found = parent_state.get(name)
+            fresh = found is None or any(name.startswith(p) for p in mutated)
+            # read below only when not fresh, that is when the parent has the tensor
+            source = target if found is None else found
             if not fresh and name in readers and old_ends != new_ends:
                 width = readers[name]
                 copied = False
@@ -83,6 +107,8 @@ def inherit(parent_genotype: Genotype, parent_state: dict[str, torch.Tensor],
                     (report.partial if copied else report.new).append(name)
                     report.new_scalars += target.numel()
                 continue
+            if not fresh and source.shape != target.shape and _is_op_tensor(name):
+                fresh = True  # a kept op whose shape does not fit after all: start afresh
             if not fresh and source.shape != target.shape:
                 raise CheckpointError(f"parent tensor {name} has shape {tuple(source.shape)}, "
                                       f"child expects {tuple(target.shape)}")

@@ -59,9 +59,13 @@ class SharedController:
             version = trainer.version
             saved = False
             try:
+                # the reward as recorded when the child was made (its entropy bonus
+                # is that of the decisions as they were sampled)
                 stats = trainer.update([Episode(space.parse(e.parent_genotype),
                                                 space.actions_from_json(e.actions),
-                                                e.log_prob, e.fitness) for e in episodes])
+                                                e.log_prob, e.fitness,
+                                                parent_fitness=e.parent_fitness,
+                                                reward=e.reward) for e in episodes])
                 state = trainer.to_bytes()
                 saved = retrying(
                     "controller update", snapshots.save_update, self.store, job.search_id,

@@ -4,9 +4,10 @@ from __future__ import annotations
 import math
 import threading
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,7 @@ def resolve_device(device: str | None, threads: int | None = None) -> torch.devi
     return torch.device("cuda", index)
 
 
-def _autocast(device: torch.device):  # type: ignore[no-untyped-def]
+def _autocast(device: torch.device) -> AbstractContextManager[Any]:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
@@ -53,8 +54,9 @@ def _inputs(x: torch.Tensor, dataset: Dataset) -> torch.Tensor:
 
 
 def prepare(network: Network, device: torch.device) -> Network:
-    # channels_last: 1.6-2.7x on this CPU for the depthwise-heavy cells (measured on the 2-core development VM)
-    return network.to(device=device, memory_format=torch.channels_last)
+    # channels_last: 1.6-2.7x for the depthwise-heavy cells (measured on the 2-core
+    # development VM). torch's stubs lack the (device, memory_format) overload of .to().
+    return network.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 @dataclass
@@ -67,11 +69,14 @@ class FineTuneResult:
 def fine_tune(network: Network, param_groups: list[dict], dataset: Dataset, *,
               device: torch.device, batch_size: int, examples: int | None = None,
               momentum: float = 0.9, weight_decay: float = 3e-4,
-              generator: torch.Generator | None = None, progress: Progress | None = None,
+              train_subset: int | None = None, generator: torch.Generator | None = None,
+              progress: Progress | None = None,
               stop: threading.Event | None = None) -> FineTuneResult:
-    """One pass over the training split (or `examples`) with the inheritance groups."""
+    """One pass over the training split (or `examples`) with the inheritance groups.
+    `train_subset`: the first that many training images, the same subset the initial
+    population was trained on."""
     start = time.perf_counter()
-    train = dataset.train
+    train = dataset.train.head(train_subset)
     total = len(train) if examples is None else examples
     # foreach: one fused update over all tensors instead of a Python loop per parameter
     optimizer = torch.optim.SGD(param_groups, momentum=momentum, weight_decay=weight_decay,
@@ -114,6 +119,56 @@ def evaluate(network: Network, split: Split, dataset: Dataset, *, device: torch.
     return correct / n, loss_sum / n
 
 
+def recalibrate_bn(network: Network, split: Split, dataset: Dataset, *, batches_n: int,
+                   batch_size: int, generator: torch.Generator | None,
+                   device: torch.device) -> int:
+    """Reset every batch-norm layer's running statistics and re-estimate them as the
+    cumulative average over `batches_n` training batches (train mode, forward only).
+
+    Why: a fresh BN layer starts at running_var = 1 and moves by momentum 0.1 a step, so
+    after the few dozen SGD steps of a small fine-tune the deep layers' running variance
+    is several times too large and the stale statistics, not the weights, decide the
+    validation accuracy. Images are not augmented: the statistics are for evaluation
+    inputs. Returns the number of images seen (0 = nothing done)."""
+    layers = [m for m in network.modules()
+              if isinstance(m, torch.nn.BatchNorm2d) and m.track_running_stats]
+    if batches_n <= 0 or not layers or len(split) == 0:
+        return 0
+    momenta = [m.momentum for m in layers]
+    was_training, drop = network.training, network.drop_prob
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # None = cumulative moving average over the batches seen
+    network.train()
+    network.drop_prob = 0.0
+    seen = 0
+    try:
+        with torch.no_grad(), _autocast(device):
+            for idx in batches(len(split), batch_size, generator,
+                               examples=min(batches_n * batch_size, len(split))):
+                idx = idx.to(split.images.device)
+                network(_inputs(split.images[idx], dataset))
+                seen += len(idx)
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        network.drop_prob = drop
+        network.train(was_training)
+    return seen
+
+
+def evaluate_recalibrated(network: Network, dataset: Dataset, *, device: torch.device,
+                          bn_batches: int, batch_size: int, train_subset: int | None = None,
+                          val_examples: int | None = None,
+                          generator: torch.Generator | None = None) -> tuple[float, float]:
+    """The fitness: recalibrate batch norm on the (subset of the) training split, then
+    (accuracy, mean loss) on the first `val_examples` validation images. The network
+    keeps the recalibrated statistics, so its checkpoint stores them."""
+    recalibrate_bn(network, dataset.train.head(train_subset), dataset, batches_n=bn_batches,
+                   batch_size=batch_size, generator=generator, device=device)
+    return evaluate(network, dataset.val.head(val_examples), dataset, device=device)
+
+
 @dataclass
 class ScratchResult:
     val_accuracy: float
@@ -128,12 +183,13 @@ def train_from_scratch(network: Network, dataset: Dataset, *, device: torch.devi
                        momentum: float = 0.9, weight_decay: float = 3e-4,
                        aux_weight: float = 0.4, drop_path: float = 0.0, cutout: int = 0,
                        train_subset: int | None = None, val_examples: int | None = None,
-                       test: bool = False, generator: torch.Generator | None = None,
+                       bn_batches: int = 0, test: bool = False,
+                       generator: torch.Generator | None = None,
                        progress: Progress | None = None,
                        stop: threading.Event | None = None) -> ScratchResult:
     """The full recipe: cosine learning rate, auxiliary head, drop-path ramped linearly
-    to its target, optional cutout; test accuracy when asked."""
-    from dataclasses import replace
+    to its target, optional cutout; batch norm recalibrated on `bn_batches` training
+    batches before evaluation (0 = not); test accuracy when asked."""
     start = time.perf_counter()
     train = dataset.train.head(train_subset)
     total = max(1, int(round(epochs * len(train))))
@@ -165,8 +221,10 @@ def train_from_scratch(network: Network, dataset: Dataset, *, device: torch.devi
         if progress is not None:
             progress(seen, total)
     network.drop_prob = 0.0
-    val_acc, val_loss = evaluate(network, dataset.val.head(val_examples), dataset,
-                                 device=device)
+    val_acc, val_loss = evaluate_recalibrated(network, dataset, device=device,
+                                              bn_batches=bn_batches, batch_size=batch_size,
+                                              train_subset=train_subset,
+                                              val_examples=val_examples, generator=generator)
     test_acc = evaluate(network, dataset.test, dataset, device=device)[0] if test else None
     return ScratchResult(val_acc, val_loss, test_acc, seen, time.perf_counter() - start)
 

@@ -26,6 +26,7 @@ class EpisodeRow:
     id: int
     job_id: int
     parent_genotype: str
+    parent_fitness: float | None
     controller_version: int
     actions: list
     log_prob: float
@@ -62,14 +63,14 @@ def latest_version(store: Store, search_id: int) -> int | None:
 def unconsumed_episodes(store: Store, search_id: int, limit: int = 1000) -> list[EpisodeRow]:
     """Episodes not folded into any snapshot yet, with their parent's genotype."""
     with store.transaction(write=False) as s:
-        rows = s.execute(select(Episode, Individual.genotype)
+        rows = s.execute(select(Episode, Individual.genotype, Individual.fitness)
                          .join(Job, Job.id == Episode.job_id)
                          .join(Individual, Individual.id == Job.parent_id)
                          .where(Episode.search_id == search_id,
                                 Episode.consumed_in_version.is_(None))
                          .order_by(Episode.id).limit(limit)).all()
-        return [EpisodeRow(e.id, e.job_id, g, e.controller_version, e.actions, e.log_prob,
-                           e.reward, e.fitness) for e, g in rows]
+        return [EpisodeRow(e.id, e.job_id, g, f, e.controller_version, e.actions, e.log_prob,
+                           e.reward, e.fitness) for e, g, f in rows]
 
 
 def save_update(store: Store, search_id: int, base_version: int, state: bytes,

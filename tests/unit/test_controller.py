@@ -10,7 +10,7 @@ import torch
 
 from renas_db.controller import ControllerConfig, ControllerTrainer, Episode, MutationController
 from renas_db.errors import SnapshotError
-from renas_db.space import SLOTS, parse, random_genotype
+from renas_db.space import SLOTS, Action, parse, random_genotype
 
 
 def test_parameters_start_small_and_logits_are_shaped():
@@ -91,12 +91,11 @@ def test_snapshot_of_other_config_or_garbage_is_refused(tmp_path):
 def _exact_p(trainer, g) -> float:
     with torch.no_grad():
         c = trainer.controller
-        tokens = torch.tensor([g.tokens()])
-        states, _ = c.encoder(c.embedding(tokens))
-        router = torch.softmax(c._shape(c.router(states[0, 0:4]).squeeze(-1)), 0)
+        states = c.encode(g)
+        router = torch.softmax(c._shape(c.router(states[0:4]).squeeze(-1)), 0)
         p = 0.0
         for k in (2, 3):
-            ops = torch.softmax(c._shape(c.op_mutator(states[0, k])), 0)
+            ops = torch.softmax(c._shape(c.op_mutator(states[k])), 0)
             p += float(router[k] * ops[1])
         return p
 
@@ -125,3 +124,137 @@ def test_it_learns_and_does_not_with_shuffled_rewards(seed, capsys):
     assert 0.05 < start < 0.12
     assert end > 0.8
     assert shuffled_end < 0.3
+
+
+# -- the input mutator: does the slot matter? ------------------------------------------
+TOY_BLOCK = 3                      # renasnet block 3: "1 sep5 + 0 sep3", 5 candidate inputs
+TOY_WANT = {"in1": 0, "in2": 4}    # IN1 should read cell c-2, IN2 block 2
+
+
+def _input_probs(controller, g, slot: str) -> torch.Tensor:
+    """P(new value | block TOY_BLOCK, slot): the input mutator's conditional."""
+    states = controller.encode(g)
+    begin = controller.begin()
+    candidates = torch.stack([begin[0], begin[1],
+                              *[states[5 * j + 4] for j in range(TOY_BLOCK)]])
+    h_slot = states[5 * TOY_BLOCK + SLOTS.index(slot)]
+    return torch.softmax(controller.input_logits(h_slot, candidates), 0)
+
+
+def _toy_attention(form: str, seed: int, episodes: int, shuffled: bool
+                   ) -> tuple[list[float], list[float]]:
+    """REINFORCE on a reward that wants different inputs for IN1 and IN2 of one block.
+    The slot of that block is set in turn to IN1 and IN2 (its value sampled from the
+    controller) so that both are trained; returns the two conditionals P(value | slot)."""
+    g = parse("renasnet")
+    trainer = ControllerTrainer.fresh(ControllerConfig(input_attention=form), seed=seed)
+    c = trainer.controller
+    rng = random.Random(seed)
+    for i in range(episodes):
+        slot = ("in1", "in2")[i % 2]
+        actions, _, _ = c.sample(g, rng)
+        with torch.no_grad():
+            p = _input_probs(c, g, slot).tolist()
+        value = rng.choices(range(len(p)), weights=p)[0]
+        actions[TOY_BLOCK] = Action(TOY_BLOCK, slot, value)
+        hit = value == TOY_WANT[slot]
+        if shuffled:
+            hit = rng.random() < 0.2
+        trainer.update([Episode(g, actions, c.log_prob(g, actions), 0.9 if hit else 0.1)])
+    with torch.no_grad():
+        return _input_probs(c, g, "in1").tolist(), _input_probs(c, g, "in2").tolist()
+
+
+def _slot_separation(p1: list[float], p2: list[float]) -> float:
+    """How much more each slot wants its own input than the other slot does. With
+    Linear([h_slot; h_cand]) both slots rank the candidates identically (only the tanh
+    shaping of the logits can flatten one of them), so one of the two terms stays small."""
+    a, b = TOY_WANT["in1"], TOY_WANT["in2"]
+    return min(p1[a] - p2[a], p2[b] - p1[b])
+
+
+def test_input_mutator_learns_different_inputs_for_in1_and_in2(capsys):
+    p1, p2 = _toy_attention("additive", seed=3, episodes=800, shuffled=False)
+    s1, s2 = _toy_attention("additive", seed=3, episodes=800, shuffled=True)
+    with capsys.disabled():
+        print(f"\nIN1 {[round(x, 3) for x in p1]}  IN2 {[round(x, 3) for x in p2]}  "
+              f"separation {_slot_separation(p1, p2):.3f}, shuffled rewards "
+              f"{_slot_separation(s1, s2):.3f}")
+    assert _slot_separation(p1, p2) > 0.3
+    assert _slot_separation(s1, s2) < 0.1
+
+
+# -- reward, baseline, batching, snapshots ----------------------------------------------
+def test_entropy_goes_into_the_reward_and_the_baseline_is_taken_over_it():
+    import math
+    trainer = ControllerTrainer.fresh(ControllerConfig(), seed=0)
+    g = parse("renasnet")
+    actions, lp, entropy = trainer.controller.sample(g, random.Random(0))
+    stats = trainer.update([Episode(g, actions, lp, 0.5)])
+    expected = math.tan(0.5 * math.pi / 2) + 0.1 * entropy
+    assert stats["mean_reward"] == pytest.approx(expected, rel=1e-5)
+    assert trainer.baseline == pytest.approx(expected, rel=1e-5)
+    # the old placement keeps it out of the reward (it went into the loss)
+    old = ControllerTrainer.fresh(ControllerConfig(entropy_in="loss"), seed=0)
+    assert old.update([Episode(g, actions, lp, 0.5)])["mean_reward"] == pytest.approx(1.0)
+
+
+def test_gain_reward_is_relative_to_the_parent():
+    import math
+    cfg = ControllerConfig(reward_mode="gain", entropy_weight=0.0)
+    assert cfg.episode_reward(0.6, 0.5, 3.0) == pytest.approx(
+        math.tan(0.6 * math.pi / 2) - math.tan(0.5 * math.pi / 2))
+    assert cfg.episode_reward(0.5, 0.5, 3.0) == 0.0
+    with pytest.raises(ValueError, match="parent's fitness"):
+        cfg.reward(0.6)
+    # a recorded episode reward is used as it is
+    trainer = ControllerTrainer.fresh(cfg)
+    g = parse("renasnet")
+    a, lp, _ = trainer.controller.sample(g, random.Random(0))
+    assert trainer.update([Episode(g, a, lp, 0.9, reward=-2.0)])["mean_reward"] == -2.0
+
+
+def test_batch_steps_once_per_batch_and_pending_episodes_survive_a_snapshot():
+    trainer = ControllerTrainer.fresh(ControllerConfig(batch=3), seed=0)
+    g = parse("renasnet")
+    rng = random.Random(0)
+    before = [p.detach().clone() for p in trainer.controller.parameters()]
+
+    def episode() -> Episode:
+        a, lp, _ = trainer.controller.sample(g, rng)
+        return Episode(g, a, lp, rng.random())
+    for _ in range(2):
+        assert trainer.update([episode()])["stepped"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.controller.parameters()))
+    assert trainer.version == 2 and len(trainer.pending) == 2
+    clone = ControllerTrainer.from_bytes(trainer.to_bytes(), ControllerConfig(batch=3))
+    assert len(clone.pending) == 2
+    last = episode()
+    s1, s2 = trainer.update([last]), clone.update([last])
+    assert s1["stepped"] == s2["stepped"] == 1.0 and s1["batch"] == 3.0
+    assert not any(torch.equal(a, b) for a, b in zip(before, trainer.controller.parameters()))
+    for a, b in zip(trainer.controller.parameters(), clone.controller.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_old_snapshot_format_is_refused_in_one_line():
+    trainer = ControllerTrainer.fresh(ControllerConfig(), seed=0)
+    buf = io.BytesIO()
+    torch.save({"format": "renas-controller-1", "config": {},
+                "model": trainer.controller.state_dict()}, buf)
+    with pytest.raises(SnapshotError) as err:
+        ControllerTrainer.from_bytes(buf.getvalue())
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "renas-controller-1" in msg and "renas-controller-2" in msg and "new search" in msg
+
+
+def test_encoder_starts_from_the_begin_state():
+    g = parse("renasnet")
+    for seeded in (True, False):
+        c = MutationController(ControllerConfig(seed_encoder=seeded))
+        before = c.encode(g).detach().clone()
+        with torch.no_grad():
+            c.begin_states[1].add_(1.0)
+        moved = not torch.allclose(c.encode(g)[0], before[0])
+        assert moved == seeded

@@ -87,3 +87,30 @@ def test_state_that_disagrees_with_its_genotype_is_an_error():
                   "| 0 sep3 + 0 sep3")
     with pytest.raises(CheckpointError, match="does not match its genotype"):
         inherit(other, parent.state_dict(), Network(g, SPEC))
+
+
+def test_input_only_change_keeps_the_op_weights_where_the_stride_fits():
+    g, parent = _parent()
+    # block 3 pair 0: input 1 -> 0, op sep5 unchanged: the stride is 2 for either input in
+    # a reduction cell and 1 in a normal cell, so the op keeps its weights everywhere
+    child_g = g.apply([Action(3, "in1", 0)])
+    child = Network(child_g, SPEC)
+    report = inherit(g, parent.state_dict(), child)
+    kept = [n for n in report.inherited if ".blocks.3.op1." in n]
+    assert kept and not [n for n in report.new if ".blocks.3.op1." in n]
+    for n in kept:
+        assert torch.equal(child.state_dict()[n], parent.state_dict()[n])
+
+
+def test_input_change_that_changes_the_stride_starts_the_op_afresh():
+    g, parent = _parent()
+    # block 3 pair 0: input 1 (a cell input) -> 3 (block 1): stride 2 -> 1 in the
+    # reduction cells, unchanged in the normal ones
+    child_g = g.apply([Action(3, "in1", 3)])
+    child = Network(child_g, SPEC)
+    report = inherit(g, parent.state_dict(), child)
+    for i, cell in enumerate(child.cells):
+        names = [n for n, _ in child.named_parameters() if n.startswith(f"cells.{i}.blocks.3.op1.")]
+        assert names
+        target = report.new if cell.reduction else report.inherited
+        assert all(n in target for n in names), (i, cell.reduction)
