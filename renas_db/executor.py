@@ -219,7 +219,8 @@ class TrainingExecutor:
                                    momentum=cfg.momentum, weight_decay=recipe.weight_decay,
                                    aux_weight=recipe.aux_weight, drop_path=recipe.drop_path,
                                    cutout=recipe.cutout, train_subset=recipe.train_subset,
-                                   bn_batches=cfg.bn_batches, test=True, generator=seeded_generator(recipe.seed),
+                                   bn_batches=cfg.bn_batches, test=True,
+                                   generator=seeded_generator(recipe.seed),
                                    progress=progress, stop=stop)
         result.fitness, result.val_loss = r.val_accuracy, r.val_loss
         result.test_accuracy = r.test_accuracy
