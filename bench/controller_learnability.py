@@ -218,7 +218,7 @@ VARIANTS: dict[str, ControllerConfig] = {
     "old + entropy in reward": replace(BASE, entropy_in="reward"),
     "old + seeded encoder": replace(BASE, seed_encoder=True),
     "old + gain reward": replace(BASE, reward_mode="gain"),
-    "paper (batch 1, child)": PAPER,
+    "paper": PAPER,
     "paper + batch 5": replace(PAPER, batch=5),
     "paper + batch 20": replace(PAPER, batch=20),
     "paper + gain": replace(PAPER, reward_mode="gain"),
