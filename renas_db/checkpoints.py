@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from renas_db.errors import CheckpointError
+from renas_db.jobs import ClaimedJob
 
 FORMAT = "renas-checkpoint-1"
 TMP_PREFIX = ".tmp-"
@@ -101,6 +102,12 @@ class CheckpointStore:
             except FileNotFoundError:
                 continue
         return removed
+
+
+def store_for(job: ClaimedJob, root_override: str | None) -> CheckpointStore:
+    """The store of the job's search, or of this host's override of its root (a shared
+    mount seen under another path on this machine)."""
+    return CheckpointStore(root_override or job.checkpoint_root)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from renas_db.checkpoints import CheckpointStore
+from renas_db.checkpoints import CheckpointStore, store_for
 from renas_db.db import gc
 from renas_db.db.session import Store
 from renas_db.jobs import ClaimedJob
@@ -21,7 +21,7 @@ class CheckpointCollector:
         self.commits = 0
 
     def checkpoints(self, job: ClaimedJob) -> CheckpointStore:
-        return CheckpointStore(self.checkpoint_root or job.checkpoint_root)
+        return store_for(job, self.checkpoint_root)
 
     def discard(self, job: ClaimedJob, uri: str | None) -> None:
         """The checkpoint of a result that will never be committed (its lease was lost)."""

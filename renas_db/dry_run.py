@@ -6,16 +6,13 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable
 
 from renas_db import space
-from renas_db.checkpoints import CheckpointStore
+from renas_db.checkpoints import CheckpointStore, store_for
 from renas_db.controller import controller_config
 from renas_db.errors import TrainingStopped
-from renas_db.jobs import ClaimedJob, JobKind, JobResult, checkpoint_uri
+from renas_db.jobs import ClaimedJob, JobKind, JobResult, Progress, checkpoint_uri
 from renas_db.mutators import Mutator, mutation_rng
-
-Progress = Callable[[int, int], None]
 
 
 def dry_fitness(genotype: space.Genotype) -> float:
@@ -29,7 +26,7 @@ class DryRunExecutor:
         self.seconds = seconds
 
     def checkpoints(self, job: ClaimedJob) -> CheckpointStore:
-        return CheckpointStore(self.checkpoint_root or job.checkpoint_root)
+        return store_for(job, self.checkpoint_root)
 
     def run(self, job: ClaimedJob, mutator: Mutator | None, progress: Progress | None,
             stop: threading.Event) -> JobResult:

@@ -6,18 +6,17 @@ worker (renas_db/shared_controller.py)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Protocol
 
 import torch
 
 from renas_db import space
-from renas_db.checkpoints import CheckpointStore
+from renas_db.checkpoints import CheckpointStore, store_for
 from renas_db.controller import controller_config
 from renas_db.data import Dataset, load_dataset
 from renas_db.errors import RenasError
 from renas_db.inherit import inherit, param_groups
-from renas_db.jobs import ClaimedJob, JobKind, JobResult, checkpoint_uri
+from renas_db.jobs import ClaimedJob, JobKind, JobResult, Progress, checkpoint_uri
 from renas_db.mutators import Mutator, mutation_rng
 from renas_db.network import Network, count_mult_adds, count_parameters, spec_for
 from renas_db.retrain import RetrainRecipe
@@ -30,8 +29,6 @@ from renas_db.train import (
     seeded_generator,
     train_from_scratch,
 )
-
-Progress = Callable[[int, int], None]
 
 
 class Executor(Protocol):
@@ -58,7 +55,7 @@ class TrainingExecutor:
         self._datasets: dict[tuple[str, str | None], Dataset] = {}
 
     def checkpoints(self, job: ClaimedJob) -> CheckpointStore:
-        return CheckpointStore(self.checkpoint_root or job.checkpoint_root)
+        return store_for(job, self.checkpoint_root)
 
     def dataset(self, name: str, data_dir: str | None) -> Dataset:
         """A dataset, loaded once per worker, on the device."""

@@ -6,12 +6,17 @@ to the text stored in the database and renders as that text.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from renas_db.config import SearchConfig
+
+
+# a job's training progress callback: (examples done, examples total)
+Progress = Callable[[int, int], None]
 
 
 class _Text(str, Enum):

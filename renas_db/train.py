@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
@@ -14,9 +13,8 @@ import torch.nn.functional as F
 
 from renas_db.data import Dataset, Split, augment_batch, batches, normalise
 from renas_db.errors import DeviceError, TrainingStopped
+from renas_db.jobs import Progress
 from renas_db.network import Network
-
-Progress = Callable[[int, int], None]  # (examples done, examples total)
 
 
 def resolve_device(device: str | None, threads: int | None = None) -> torch.device:

@@ -27,8 +27,8 @@ from renas_db.errors import (
     RenasError,
     TrainingStopped,
 )
-from renas_db.executor import Executor, Progress, TrainingExecutor
-from renas_db.jobs import ClaimedJob, JobKind, JobResult
+from renas_db.executor import Executor, TrainingExecutor
+from renas_db.jobs import ClaimedJob, JobKind, JobResult, Progress
 from renas_db.retry import retrying
 from renas_db.shared_controller import SharedController
 from renas_db.timings import Timings

@@ -117,26 +117,24 @@ def _stale_and_recalibrated_clone(data, child_genotype=None):
     parent = prepare(Network(g, SPEC), CPU)
     train_from_scratch(parent, data, device=CPU, epochs=1.0, lr=0.05, batch_size=32,
                        train_subset=1000, generator=seeded_generator(0))
+
+    def score(network: Network, recal: bool, seed: int) -> float:
+        if recal:
+            return evaluate_recalibrated(network, data, device=CPU, bn_batches=16,
+                                         batch_size=32, train_subset=1000,
+                                         val_examples=500, generator=seeded_generator(seed))[0]
+        return evaluate(network, data.val.head(500), data, device=CPU)[0]
+
     out = {}
     for recal in (False, True):
-        if recal:
-            f_parent = evaluate_recalibrated(parent, data, device=CPU, bn_batches=16,
-                                             batch_size=32, train_subset=1000,
-                                             val_examples=500, generator=seeded_generator(1))[0]
-        else:
-            f_parent = evaluate(parent, data.val.head(500), data, device=CPU)[0]
+        f_parent = score(parent, recal, 1)
         torch.manual_seed(1)
         child = Network(child_genotype or g, SPEC)
         report = inherit(g, parent.state_dict(), child)
         child = prepare(child, CPU)
         fine_tune(child, param_groups(child, report, 0.01, 0.001), data, device=CPU,
                   batch_size=32, examples=256, train_subset=1000, generator=seeded_generator(2))
-        if recal:
-            f_child = evaluate_recalibrated(child, data, device=CPU, bn_batches=16,
-                                            batch_size=32, train_subset=1000,
-                                            val_examples=500, generator=seeded_generator(3))[0]
-        else:
-            f_child = evaluate(child, data.val.head(500), data, device=CPU)[0]
+        f_child = score(child, recal, 3)
         out[recal] = (f_parent, f_child)
     return out
 
