@@ -44,6 +44,20 @@ def empty_result() -> JobResult:
                      train_seconds=0.0)
 
 
+def job_seed(job: ClaimedJob, salt: int) -> int:
+    """The torch seed of one attempt of a job. An init job's depends on the initial
+    population's seed and its index only, so two searches created with the same init seed
+    (a study's --same-init, a paired benchmark) train the same initial networks, whatever
+    their job ids; other jobs are seeded by the search seed and the job."""
+    cfg = job.config
+    if job.kind == JobKind.INIT:
+        base = cfg.seed if cfg.init_seed is None else cfg.init_seed
+        key = (base, job.step_index, job.attempt, salt, 7)
+    else:
+        key = (cfg.seed, job.id, job.attempt, salt)
+    return hash(key) & 0x7FFFFFFF
+
+
 class TrainingExecutor:
     """Real training on one device, with the worker's datasets cached in memory."""
 
@@ -66,8 +80,7 @@ class TrainingExecutor:
 
     def run(self, job: ClaimedJob, mutator: Mutator | None, progress: Progress | None,
             stop: threading.Event) -> JobResult:
-        cfg = job.config
-        torch.manual_seed(hash((cfg.seed, job.id, job.attempt, 1)) & 0x7FFFFFFF)
+        torch.manual_seed(job_seed(job, 1))
         result = empty_result()
         if job.kind == JobKind.INIT:
             genotype, network = self._init(job, result, progress, stop)
@@ -94,7 +107,7 @@ class TrainingExecutor:
         return result
 
     def _generator(self, job: ClaimedJob) -> torch.Generator:
-        return seeded_generator(hash((job.config.seed, job.id, job.attempt)) & 0x7FFFFFFF)
+        return seeded_generator(job_seed(job, 0))
 
     def _init(self, job: ClaimedJob, result: JobResult, progress: Progress | None,
               stop: threading.Event) -> tuple[space.Genotype, Network]:

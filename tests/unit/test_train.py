@@ -153,3 +153,27 @@ def test_one_node_child_stays_near_its_parent(data):
     out = _stale_and_recalibrated_clone(data, parse("renasnet").apply([Action(4, "op2", 4)]))
     parent, child = out[True]
     assert child > parent - 0.1
+
+
+def test_same_init_seed_trains_the_same_initial_networks_whatever_the_job_ids():
+    """--same-init (studies, the paired benchmark) promises the same trained initial
+    population: an init job's torch seed must not depend on its job id."""
+    from renas_db.config import SearchConfig
+    from renas_db.executor import job_seed
+    from renas_db.jobs import ClaimedJob, JobKind
+
+    def job(kind: str, job_id: int, index: int, seed: int, init_seed: int | None):
+        return ClaimedJob(id=job_id, search_id=1, search_name="s", kind=kind,
+                          step_index=index, attempt=1, lease_token="t",
+                          config=SearchConfig(seed=seed, init_seed=init_seed),
+                          checkpoint_root="ck")
+
+    a = job(JobKind.INIT, 3, 2, seed=10, init_seed=5)
+    b = job(JobKind.INIT, 103, 2, seed=11, init_seed=5)   # another search, same init seed
+    assert job_seed(a, 1) == job_seed(b, 1)
+    assert job_seed(a, 1) != job_seed(job(JobKind.INIT, 4, 3, 10, 5), 1)  # next individual
+    assert job_seed(a, 1) != job_seed(job(JobKind.INIT, 3, 2, 10, 6), 1)  # other init seed
+    assert job_seed(a, 1) == job_seed(job(JobKind.INIT, 9, 2, 5, None), 1)  # init_seed=seed
+    # steps stay seeded per search and job
+    step_a, step_b = job(JobKind.STEP, 3, 2, 10, 5), job(JobKind.STEP, 103, 2, 11, 5)
+    assert job_seed(step_a, 1) != job_seed(step_b, 1)
