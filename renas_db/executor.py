@@ -52,10 +52,8 @@ def job_seed(job: ClaimedJob, salt: int) -> int:
     cfg = job.config
     if job.kind == JobKind.INIT:
         base = cfg.seed if cfg.init_seed is None else cfg.init_seed
-        key = (base, job.step_index, job.attempt, salt, 7)
-    else:
-        key = (cfg.seed, job.id, job.attempt, salt)
-    return hash(key) & 0x7FFFFFFF
+        return hash((base, job.step_index, job.attempt, salt, 7)) & 0x7FFFFFFF
+    return hash((cfg.seed, job.id, job.attempt, salt)) & 0x7FFFFFFF
 
 
 class TrainingExecutor:
