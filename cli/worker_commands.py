@@ -99,10 +99,10 @@ def worker_cmd(app: AppContext, search_name: str | None, gpu: int | None, cpu: b
     worker.install_signal_handlers()
     s = worker.run()
     total = sum(s.timings.values()) or 1.0
-    outside = total - s.timings.get("train", 0.0) - s.timings.get("evaluate", 0.0)
+    outside = total - sum(s.timings.get(p, 0.0) for p in ("train", "recalibrate", "evaluate"))
     message(f"worker {s.worker_id}: {s.jobs_done} jobs done, {s.jobs_failed} failed, "
             f"{s.leases_lost} leases lost, {s.wall_seconds:.1f}s; "
-            f"{100 * outside / total:.1f}% of job time outside train/evaluate")
+            f"{100 * outside / total:.1f}% of job time outside train/recalibrate/evaluate")
 
 
 def _worker_command(app: AppContext, name: str, device: str, threads: int) -> list[str]:

@@ -157,11 +157,10 @@ class TrainingExecutor:
                           momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           train_subset=cfg.train_subset,
                           generator=self._generator(job), progress=progress, stop=stop)
-        with t("evaluate"):
-            result.fitness, result.val_loss = evaluate_recalibrated(
-                network, data, device=self.device, bn_batches=cfg.bn_batches,
-                batch_size=cfg.batch_size, train_subset=cfg.train_subset,
-                val_examples=cfg.val_examples, generator=self._generator(job))
+        result.fitness, result.val_loss = evaluate_recalibrated(
+            network, data, device=self.device, bn_batches=cfg.bn_batches,
+            batch_size=cfg.batch_size, train_subset=cfg.train_subset,
+            val_examples=cfg.val_examples, generator=self._generator(job), timed=t)
         result.examples_seen, result.train_seconds = r.examples_seen, r.seconds
         result.mutation = space.actions_to_json(proposal.actions)
         result.controller_version = proposal.controller_version

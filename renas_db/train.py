@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
@@ -158,13 +159,24 @@ def recalibrate_bn(network: Network, split: Split, dataset: Dataset, *, batches_
 def evaluate_recalibrated(network: Network, dataset: Dataset, *, device: torch.device,
                           bn_batches: int, batch_size: int, train_subset: int | None = None,
                           val_examples: int | None = None,
-                          generator: torch.Generator | None = None) -> tuple[float, float]:
+                          generator: torch.Generator | None = None,
+                          timed: Callable[[str], AbstractContextManager[Any]] | None = None
+                          ) -> tuple[float, float]:
     """The fitness: recalibrate batch norm on the (subset of the) training split, then
     (accuracy, mean loss) on the first `val_examples` validation images. The network
-    keeps the recalibrated statistics, so its checkpoint stores them."""
-    recalibrate_bn(network, dataset.train.head(train_subset), dataset, batches_n=bn_batches,
-                   batch_size=batch_size, generator=generator, device=device)
-    return evaluate(network, dataset.val.head(val_examples), dataset, device=device)
+    keeps the recalibrated statistics, so its checkpoint stores them. `timed` (a
+    Timings) gets the phases "recalibrate" and "evaluate"."""
+    phase = timed or _untimed
+    with phase("recalibrate"):
+        recalibrate_bn(network, dataset.train.head(train_subset), dataset,
+                       batches_n=bn_batches, batch_size=batch_size, generator=generator,
+                       device=device)
+    with phase("evaluate"):
+        return evaluate(network, dataset.val.head(val_examples), dataset, device=device)
+
+
+def _untimed(_phase: str) -> AbstractContextManager[Any]:
+    return nullcontext()
 
 
 @dataclass
