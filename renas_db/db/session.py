@@ -265,7 +265,18 @@ def _pg_session(engine: Engine, waits: Waits) -> None:
         dbapi_conn.commit()  # session settings, kept past the pool's rollbacks
 
 
+def sqlite_synchronous() -> str:
+    """FULL; RENAS_DB_SQLITE_SYNCHRONOUS=NORMAL only to measure what FULL costs: it gives
+    up durability on power loss, which GC relies on (docs/design.md, 3.5)."""
+    sync = os.environ.get("RENAS_DB_SQLITE_SYNCHRONOUS", "FULL").strip().upper()
+    if sync not in ("FULL", "EXTRA", "NORMAL"):
+        raise ConfigError(f"RENAS_DB_SQLITE_SYNCHRONOUS={sync!r}: use FULL (or EXTRA, NORMAL)")
+    return sync
+
+
 def _sqlite_hooks(engine: Engine, waits: Waits) -> None:
+    sync = sqlite_synchronous()
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control from pysqlite so BEGIN IMMEDIATE is ours to emit.
@@ -277,7 +288,7 @@ def _sqlite_hooks(engine: Engine, waits: Waits) -> None:
         # FULL: a commit is on disk when it returns (WAL synced per commit). NORMAL could
         # lose the last commits on power loss after GC deleted the checkpoints of the
         # victims they killed, which would then come back alive without a file.
-        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute(f"PRAGMA synchronous={sync}")
         cur.close()
         # sqrt for the views' standard deviation (SQLite may lack math functions)
         dbapi_conn.create_function("sqrt", 1,

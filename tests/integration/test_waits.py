@@ -308,7 +308,8 @@ def test_postgresql_runs_read_committed_whatever_the_default(pg_url):
     store.dispose()
 
 
-def test_sqlite_commits_are_durable_when_they_return(tmp_path):
+def test_sqlite_commits_are_durable_when_they_return(tmp_path, monkeypatch):
+    monkeypatch.delenv("RENAS_DB_SQLITE_SYNCHRONOUS", raising=False)
     store = Store(f"sqlite:///{tmp_path / 'x.sqlite'}")
     with store.connection() as conn:       # the hot path's commits
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2   # FULL
