@@ -1,6 +1,7 @@
 """Engines for both back ends and the one helper that owns every transaction."""
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import re
@@ -103,10 +104,12 @@ class Waits:
         """libpq's keepalive settings, unless the URL sets them itself."""
         if self.keepalives_idle <= 0:
             return {}
-        args = {"keepalives": 1, "keepalives_idle": max(1, round(self.keepalives_idle)),
-                "keepalives_interval": max(1, round(self.keepalives_interval)),
-                "keepalives_count": self.keepalives_count,
-                "tcp_user_timeout": round(self.dead_peer_s() * 1000)}
+        args: dict[str, Any] = {
+            "keepalives": 1, "keepalives_idle": max(1, round(self.keepalives_idle)),
+            "keepalives_interval": max(1, round(self.keepalives_interval)),
+            "keepalives_count": self.keepalives_count}
+        if _libpq_version() >= 120000:  # an older libpq refuses the option
+            args["tcp_user_timeout"] = round(self.dead_peer_s() * 1000)
         return {k: v for k, v in args.items() if k not in url_query}
 
 
@@ -120,6 +123,14 @@ def mask_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _libpq_version() -> int:
+    try:
+        driver = importlib.import_module("psycopg2")  # untyped: not imported by name
+    except ImportError:
+        return 0
+    return int(getattr(driver, "__libpq_version__", 0))
 
 
 class Store:
