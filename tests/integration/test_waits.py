@@ -72,7 +72,7 @@ def _sql(store, query, **params):
 # -- fault 5: a lease's times are those of the write ---------------------------------------
 def test_a_claim_that_waited_for_the_lock_writes_a_fresh_lease(db_url, tmp_path):
     store = Store(db_url, waits=Waits(sqlite_busy_timeout=60))
-    lease = 1.5
+    lease = 2.0   # also the margin for the second claim, right after the first
     sid = searches.create(store, "s", _config(tmp_path, lease_seconds=lease))
     wid = admin.register_worker(store, "h", 1, "cpu")
     other = Store(db_url)
