@@ -22,7 +22,6 @@ from renas_db.db.models import Job
 from renas_db.db.session import Store, Waits
 from renas_db.errors import ConflictError
 from renas_db.retry import retrying
-from tests.conftest import _admin_exec
 from tests.helpers import cli_env, wait_for
 
 
@@ -111,14 +110,22 @@ def test_a_claim_that_waited_for_the_lock_writes_a_fresh_lease(db_url, tmp_path)
 
 
 # -- fault 6: time zones -------------------------------------------------------------------
+def _admin(url, *sql):
+    """Statements outside a transaction, as the test database's (superuser) owner."""
+    eng = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as conn:
+        for q in sql:
+            conn.exec_driver_sql(q)
+    eng.dispose()
+
+
 @pytest.fixture
-def far_role():
+def far_role(pg_url):
     role = f"renas_far_{os.getpid()}"
-    _admin_exec(f"DROP ROLE IF EXISTS {role}")
-    _admin_exec(f"CREATE ROLE {role} LOGIN SUPERUSER")
-    _admin_exec(f"ALTER ROLE {role} SET timezone = 'Pacific/Kiritimati'")  # UTC+14
+    _admin(pg_url, f"DROP ROLE IF EXISTS {role}", f"CREATE ROLE {role} LOGIN SUPERUSER",
+           f"ALTER ROLE {role} SET timezone = 'Pacific/Kiritimati'")  # UTC+14
     yield role
-    _admin_exec(f"DROP ROLE IF EXISTS {role}")
+    _admin(pg_url, f"DROP ROLE IF EXISTS {role}")
 
 
 def test_a_session_in_another_time_zone_sees_leases_alike(pg_url, far_role, tmp_path):
@@ -299,7 +306,7 @@ def test_waits_from_the_environment(monkeypatch):
 # -- READ COMMITTED and SQLite durability --------------------------------------------------
 def test_postgresql_runs_read_committed_whatever_the_default(pg_url):
     name = sa.engine.make_url(pg_url).database
-    _admin_exec(f"ALTER DATABASE {name} SET default_transaction_isolation = 'serializable'")
+    _admin(pg_url, f"ALTER DATABASE {name} SET default_transaction_isolation = 'serializable'")
     store = Store(pg_url)
     with store.connection() as conn:
         assert conn.exec_driver_sql("SHOW transaction_isolation").scalar() == "read committed"
