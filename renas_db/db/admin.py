@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from renas_db.config import SearchConfig
@@ -71,19 +72,27 @@ def create_retrain_search(store: Store, name: str, config: SearchConfig) -> int:
 
 
 def set_search_status(store: Store, name: str, status: SearchStatus) -> str:
-    """pause / resume. Returns the previous status."""
+    """pause / resume. Returns the previous status. The transition is one UPDATE guarded
+    by the status read, so a status that changed meanwhile (a dead init job failing the
+    search, the last claim finishing it) is never overwritten: the call is refused."""
     allowed = {SearchStatus.PAUSED: ACTIVE_STATUSES,
                SearchStatus.RUNNING: (SearchStatus.PAUSED, SearchStatus.CREATED,
                                       SearchStatus.RUNNING)}
     verb = "pause" if status == SearchStatus.PAUSED else "resume"
     with store.transaction() as s:
         search = get_search(s, name)
-        if search.status not in allowed[status]:
-            raise StateError(f"search {name!r} is {search.status}; cannot {verb} it")
         old = search.status
-        search.status = status
+        # Session.execute is typed as Result; a bulk UPDATE's is a CursorResult
+        moved = cast(CursorResult[Any], s.execute(update(Search).where(
+            Search.id == search.id, Search.status == old,
+            Search.status.in_(allowed[status])).values(status=status)
+            .execution_options(synchronize_session=False))).rowcount
+        if moved != 1:
+            now = s.scalar(select(Search.status).where(Search.id == search.id)
+                           .execution_options(populate_existing=True))
+            raise StateError(f"search {name!r} is {now}; cannot {verb} it")
         event(s, f"search {verb}d", f"{old} -> {status}", search_id=search.id)
-        return old
+        return str(old)
 
 
 def list_searches(store: Store) -> list[dict[str, Any]]:

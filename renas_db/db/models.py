@@ -56,7 +56,12 @@ class db_now(FunctionElement):
 
 @compiles(db_now, "postgresql")
 def _now_pg(element: db_now, compiler: Any, **kw: Any) -> str:
-    return f"(now() + {compiler.process(element.clauses, **kw)} * interval '1 second')"
+    # clock_timestamp(), not now(): the time of the write, not of the transaction's start
+    # (a claim that waited for the search lock would write a lease already old). In UTC
+    # whatever the session's time zone (PGTZ, ALTER ROLE ... SET timezone, DST), as the
+    # columns are timestamp without time zone.
+    offset = compiler.process(element.clauses, **kw)
+    return f"(timezone('UTC', clock_timestamp()) + {offset} * interval '1 second')"
 
 
 @compiles(db_now, "sqlite")

@@ -17,7 +17,8 @@ QUEUED, RUNNING, DONE, DEAD = JobState.QUEUED, JobState.RUNNING, JobState.DONE, 
 
 # What `check_invariants` tests, by the number its findings start with (docs/design.md).
 INVARIANTS = {
-    1: "once the initial population is complete, exactly P individuals are alive",
+    1: "as many individuals are alive as init jobs are done, at most P; exactly P once "
+       "steps start",
     2: "every child has one parent; no individual dies twice; every step removes exactly "
        "one victim",
     3: "a job's result is applied at most once",
@@ -122,8 +123,21 @@ def check_invariants(store: Store, name: str, checkpoint_root: str | None = None
         alive = s.scalar(select(func.count()).where(
             Individual.search_id == sid, Individual.alive.is_(True),
             Individual.origin != Origin.RETRAIN))
+        # at every phase: a step adds one individual and kills one, so as many are alive
+        # as init jobs committed, never more than P, and steps only once all P are in
+        steps_made = s.scalar(select(func.count()).where(Job.search_id == sid,
+                                                          Job.kind == STEP))
         if init_done == P and alive != P:
             problems.append(f"1: {alive} individuals alive, expected P={P}")
+        elif init_done > P:
+            problems.append(f"1: {init_done} init jobs done, more than P={P}")
+        elif init_done < P:
+            if alive != init_done:
+                problems.append(f"1: {alive} individuals alive during the initial "
+                                f"population, expected {init_done} (one per init job done)")
+            if steps_made:
+                problems.append(f"1: {steps_made} steps created with only {init_done} of "
+                                f"P={P} initial individuals")
         # 2. every child has one parent; every step removes exactly one victim
         orphans = s.scalar(select(func.count()).where(
             Individual.search_id == sid, Individual.origin == Origin.CHILD,

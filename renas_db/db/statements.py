@@ -81,7 +81,10 @@ HOT = Statements("renas", {
     ).where(searches_t.c.id == search_id),
     "expired": select(jobs_t.c.id, jobs_t.c.kind, jobs_t.c.step_index, jobs_t.c.attempt,
                       jobs_t.c.max_attempts, jobs_t.c.worker_id, jobs_t.c.lease_token)
-    .where(*_expired()).order_by(jobs_t.c.id),
+    .where(*_expired()).order_by(jobs_t.c.id)
+    # a row locked by a committer (frozen, or just committing) is left to a later sweep:
+    # never wait on it (PostgreSQL; SQLite has no row locks and ignores the clause)
+    .with_for_update(skip_locked=True),
     "job": select(*CLAIMABLE).select_from(
         jobs_t.outerjoin(parents_t, parents_t.c.id == jobs_t.c.parent_id))
     .where(jobs_t.c.id == job_id),
