@@ -107,8 +107,8 @@ def _title(genotype: Genotype, title: str | None, reduction: bool) -> str:
     return text
 
 
-def _digraph(graph_label: str) -> Any:
-    g = _graphviz().Digraph(engine="dot")
+def _digraph(graph_label: str, name: str) -> Any:
+    g = _graphviz().Digraph(name=name, engine="dot")   # the name is the SVG's tooltip
     g.attr("graph", rankdir="LR", label=_esc(graph_label), labelloc="t", fontname=FONT,
            fontsize="13", nodesep="0.25", ranksep="0.45", bgcolor="white")
     g.attr("node", fontname=FONT, fontsize="13", height="0.45", width="0.45")
@@ -117,10 +117,10 @@ def _digraph(graph_label: str) -> Any:
 
 
 def cell_graph(genotype: Genotype, *, title: str | None = None, reduction: bool = False,
-               highlight: Collection[Node] = ()) -> Any:
+               highlight: Collection[Node] = (), prefix: str = "") -> Any:
     """The cell as a graphviz.Digraph (its .source is the dot text)."""
-    g = _digraph(_title(genotype, title, reduction))
-    _cell(g, genotype, "", set(highlight))
+    g = _digraph(_title(genotype, title, reduction), "reduction cell" if reduction else "cell")
+    _cell(g, genotype, prefix, set(highlight))
     return g
 
 
@@ -145,12 +145,20 @@ def _write(g: Any, path: str) -> None:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
 
 
+def _svg_element(svg: bytes) -> str:
+    """From <svg> on, without the XML prolog and DOCTYPE: a valid SVG file, and fit to
+    put inline in an HTML page."""
+    text = svg.decode()
+    return text[text.index("<svg"):]
+
+
 def cell_svg(genotype: Genotype, *, title: str | None = None, reduction: bool = False,
-             highlight: Collection[Node] = ()) -> str:
+             highlight: Collection[Node] = (), prefix: str = "") -> str:
     """The cell drawing as SVG text (the title defaults to the genotype's text form);
-    `highlight` marks (block, pair) nodes in red."""
-    return _pipe(cell_graph(genotype, title=title, reduction=reduction,
-                            highlight=highlight), "svg").decode()
+    `highlight` marks (block, pair) nodes in red; `prefix` starts every node and edge id
+    (several drawings on one HTML page need distinct ids)."""
+    return _svg_element(_pipe(cell_graph(genotype, title=title, reduction=reduction,
+                                         highlight=highlight, prefix=prefix), "svg"))
 
 
 def draw_cell(genotype: Genotype, path: str, title: str | None = None, *,
@@ -191,7 +199,7 @@ def diff_graph(parent: Genotype, child: Genotype, *, parent_title: str = "parent
     change = describe_change(parent, child)
     legend = _wrap_phrases("red: mutated \u2014 ", change) if change else \
         "no pair changed (the mutation left the genotype as it was)"
-    g = _digraph(legend)
+    g = _digraph(legend, "mutation")
     g.attr("graph", labelloc="b")
     # the child's cluster first: dot stacks the clusters of a left-to-right graph bottom
     # up, so the parent reads above its child
@@ -206,8 +214,10 @@ def diff_graph(parent: Genotype, child: Genotype, *, parent_title: str = "parent
 
 def diff_svg(parent: Genotype, child: Genotype, *, parent_title: str = "parent",
              child_title: str = "child", reduction: bool = False) -> str:
-    return _pipe(diff_graph(parent, child, parent_title=parent_title,
-                            child_title=child_title, reduction=reduction), "svg").decode()
+    """diff_graph's drawing as SVG text (see cell_svg)."""
+    return _svg_element(_pipe(diff_graph(parent, child, parent_title=parent_title,
+                                         child_title=child_title, reduction=reduction),
+                              "svg"))
 
 
 def draw_diff(parent: Genotype, child: Genotype, path: str, *, parent_title: str = "parent",

@@ -154,3 +154,11 @@ def test_files_by_suffix(tmp_path):
         assert (tmp_path / f"diff{suffix}").read_bytes().startswith(head)
     with pytest.raises(ConfigError, match="must end in .png"):
         draw_cell(g, str(tmp_path / "cell.gif"))
+
+
+def test_svg_text_fits_inline_in_html_and_ids_take_a_prefix():
+    g = parse("renasnet")
+    svg = cell_svg(g, prefix="i42.")
+    assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+    ids = {n[0] for n in svg_structure(svg)["nodes"]}
+    assert ids == {"i42.in0", "i42.in1", "i42.concat", *(f"i42.b{j}" for j in range(5))}
