@@ -10,7 +10,8 @@ apt-get install graphviz); without `dot` every drawing raises MissingDependency,
 
 In the SVG, every node and edge is a <g> with a stable id: nodes `{p}in0`, `{p}in1`,
 `{p}b{j}` (block j), `{p}concat`; edges `{p}b{j}.{pair}` (pair 0 = in1/op1, 1 = in2/op2)
-and `{p}b{j}.concat`, where {p} is "" for one cell and "parent." / "child." in a diff.
+and `{p}b{j}.concat`, where {p} is cell_svg's prefix ("" by default) and "parent." /
+"child." in a diff.
 Marked (mutated) nodes and edges also carry the class "mutated".
 """
 from __future__ import annotations
