@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 TORCH := torch==2.14.1 torchvision==0.29.1
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install lint test test-fast demo bench clean
+.PHONY: install graphviz lint test test-fast demo bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,20 @@ $(FASHION):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	else sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; fi
 
+# `show -o` draws cells with Graphviz's `dot` program (the Python package `graphviz` is only
+# its binding): Debian's graphviz package, installed with apt if missing.
+graphviz:
+	@command -v dot >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	apt-get install -y -qq graphviz; else sudo apt-get update -qq && \
+	sudo apt-get install -y -qq graphviz; fi; }
+
 # The installed (non-editable) package is what the tests import: run from tests' rootdir
 # with importlib mode so the checkout does not shadow site-packages.
-test: install lint
+test: install lint graphviz
 	$(VENV)/bin/pytest -n 3 --dist loadfile -p no:cacheprovider -rs --durations=15 tests
 
 # No real processes: unit tests (no database) and integration tests (a real database).
-test-fast: install
+test-fast: install graphviz
 	$(VENV)/bin/pytest -n 3 --dist loadfile -p no:cacheprovider -rs tests/unit tests/integration
 
 demo: install $(FASHION)

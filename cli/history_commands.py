@@ -5,12 +5,15 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from renas_db.cli.context import AppContext, pass_app
 from renas_db.cli.render import as_json, fmt, message, out, table
+
+if TYPE_CHECKING:
+    from renas_db.space import Genotype
 
 
 @click.command("sql")
@@ -90,17 +93,34 @@ def plot_cmd(app: AppContext, names: tuple[str, ...], output: str) -> None:
 
 @click.command("show")
 @click.argument("individual_id", type=int)
-@click.option("-o", "--output", help="Draw the cell to FILE.png or .svg.")
+@click.option("-o", "--output", help="Draw the cell to FILE.png, .svg or .pdf (needs Graphviz).")
+@click.option("--diff", "with_parent", is_flag=True,
+              help="Compare with the parent: the changed pairs, and with -o the parent "
+                   "above the child, the mutated pairs in red.")
+@click.option("--reduction", is_flag=True,
+              help="Draw the cell as the network's reduction cell (stride 2 on its inputs).")
 @pass_app
-def show_cmd(app: AppContext, individual_id: int, output: str | None) -> None:
+def show_cmd(app: AppContext, individual_id: int, output: str | None, with_parent: bool,
+             reduction: bool) -> None:
     """An individual's genotype as text, and optionally a drawing of its cell.
 
-    Example: renas-db show 42 -o cell.png
+    Example: renas-db show 42 -o cell.png; renas-db show 42 --diff -o diff.png
     """
     from renas_db.db.history import individual
+    from renas_db.errors import StateError
     from renas_db.space import parse
-    row = individual(app.store(), individual_id)
+    store = app.store()
+    row = individual(store, individual_id)
     genotype = parse(row["genotype"])
+    parent_row = None
+    if with_parent:
+        if row["parent_id"] is None:
+            raise StateError(f"individual {row['id']} has no parent (it is of the initial "
+                             f"population): nothing to compare with --diff")
+        parent_row = individual(store, row["parent_id"])
+    if output:   # a bad suffix fails before anything is printed
+        from renas_db.plots import check_suffix
+        check_suffix(output)
     out.print(f"individual {row['id']} of {row['search']} ({row['origin']}, "
               f"{'alive' if row['alive'] else 'dead'}): fitness {fmt(row['fitness'])}, "
               f"{fmt(row['n_params'])} params, parent {fmt(row['parent_id'])}")
@@ -108,10 +128,28 @@ def show_cmd(app: AppContext, individual_id: int, output: str | None) -> None:
     for j, b in enumerate(genotype.to_json()):
         out.print(f"  block {j}: {b['op1']}(input {b['in1']}) + {b['op2']}(input {b['in2']})")
     out.print(f"  output: concat of blocks {genotype.loose_ends()}")
+    if parent_row is None:
+        if output:
+            from renas_db.drawing import draw_cell
+            draw_cell(genotype, output, title=f"individual {row['id']}: {genotype.to_text()}",
+                      reduction=reduction)
+            message(f"wrote {output}")
+        return
+    from renas_db.drawing import describe_change, draw_diff
+    parent = parse(parent_row["genotype"])
+    out.print(f"parent {parent_row['id']} (fitness {fmt(parent_row['fitness'])}): "
+              f"{parent.to_text()}")
+    out.print(f"  mutation actions: {_mutation(row['mutation'])}")
+    change = describe_change(parent, genotype)
+    out.print("  changed: " + ("; ".join(change) if change else "nothing"))
     if output:
-        from renas_db.plots import draw_cell
-        draw_cell(genotype, output, title=f"individual {row['id']}: {genotype.to_text()}")
+        draw_diff(parent, genotype, output, parent_title=_who("parent", parent_row, parent),
+                  child_title=_who("child", row, genotype), reduction=reduction)
         message(f"wrote {output}")
+
+
+def _who(role: str, row: dict[str, Any], genotype: Genotype) -> str:
+    return f"{role}: individual {row['id']}, fitness {fmt(row['fitness'])}\n{genotype}"
 
 
 @click.command("export")

@@ -60,3 +60,7 @@ class LeaseLost(RenasError):
 
 class TrainingStopped(RenasError):
     """Training was stopped between batches by the stop flag."""
+
+
+class MissingDependency(RenasError):
+    """A program or package a command needs is not installed (e.g. Graphviz's dot)."""

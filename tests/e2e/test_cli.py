@@ -88,3 +88,51 @@ def test_history_commands_errors_and_formats(db_url, tmp_path):
                                   db_url=db_url), "no evaluated individuals")
     assert_one_line_error(run_cli("plot", "h", "-o", str(tmp_path / "x.gif"), db_url=db_url),
                           "must end in .png")
+
+
+def test_show_diff_marks_the_mutated_blocks(tmp_path):
+    """A real small (dry-run) search, then `show ID --diff`: the nodes marked in the
+    drawing are the child's blocks that differ from its parent's."""
+    from xml.etree import ElementTree
+
+    from tests.e2e.common import create
+    db_url = f"sqlite:///{tmp_path / 'd.sqlite'}"
+    create(db_url, "d", tmp_path, "--population", "4", "--sample", "2", "--steps", "3",
+           "--mutator", "single", "--blocks", "4")
+    r = run_cli("worker", "--search", "d", "--dry-run", "0", "--max-jobs", "10",
+                "--idle-exit", "5", "--poll", "0.2", db_url=db_url, cwd=str(tmp_path))
+    assert r.code == 0, r.err
+    rows = json.loads(run_cli("sql", "SELECT c.id, c.genotype AS child, p.genotype AS parent "
+                              "FROM individuals c JOIN individuals p ON p.id = c.parent_id "
+                              "ORDER BY c.id", "--json", db_url=db_url).out)
+    assert len(rows) == 3
+    svg_ns = "{http://www.w3.org/2000/svg}"
+    for row in rows:
+        out = tmp_path / f"diff{row['id']}.svg"
+        r = run_cli("show", str(row["id"]), "--diff", "-o", str(out), db_url=db_url)
+        assert r.code == 0, r.err
+        assert "parent " in r.out and "changed: " in r.out
+        child = [b.strip() for b in row["child"].split("|")]
+        parent = [b.strip() for b in row["parent"].split("|")]
+        changed = {j for j, (c, p) in enumerate(zip(child, parent)) if c != p}
+        assert changed          # the single mutator always changes one slot
+        root = ElementTree.parse(out).getroot()
+        marked = {g.get("id") for g in root.iter(f"{svg_ns}g")
+                  if "mutated" in g.get("class", "").split()
+                  and "node" in g.get("class", "").split()}
+        assert marked == {f"{who}.b{j}" for who in ("parent", "child") for j in changed}, row
+    # the initial population has no parent
+    first = json.loads(run_cli("sql", "SELECT min(id) AS id FROM individuals", "--json",
+                               db_url=db_url).out)[0]["id"]
+    assert_one_line_error(run_cli("show", str(first), "--diff", db_url=db_url),
+                          f"individual {first} has no parent")
+    # without Graphviz's dot on PATH: one line naming the package
+    no_dot = tmp_path / "bin"
+    no_dot.mkdir()
+    from tests.helpers import cli_env
+    r = run_cli("show", str(rows[0]["id"]), "-o", str(tmp_path / "c.png"),
+                env=cli_env(db_url, PATH=str(no_dot)))
+    assert_one_line_error(r, "drawing cells needs Graphviz", "apt-get install graphviz")
+    assert not (tmp_path / "c.png").exists()
+    r = run_cli("show", str(rows[0]["id"]), "-o", str(tmp_path / "c.svg"), db_url=db_url)
+    assert r.code == 0 and (tmp_path / "c.svg").read_text().count('class="edge"') >= 8

@@ -170,7 +170,8 @@ def test_cookbook_runs_on_a_real_search(db_url, tmp_path):
     # plots and cell drawings of the real search
     import matplotlib.image as mpimg
 
-    from renas_db.plots import draw_cell, plot_progress
+    from renas_db.drawing import draw_cell
+    from renas_db.plots import plot_progress
     png = tmp_path / "p.png"
     plot_progress({"demo": progress(store, "demo")}, str(png))
     img = mpimg.imread(png)
