@@ -26,6 +26,7 @@ from renas_db.errors import (
     ConfigError,
     ConflictError,
     DatabaseUnavailable,
+    IntegrityViolation,
     RenasError,
     SchemaError,
 )
@@ -124,7 +125,7 @@ def translate_error(exc: DBAPIError, masked_url: str) -> RenasError:
     if isinstance(exc, IntegrityError):
         if "searches" in low and "name" in low:
             return AlreadyExistsError("a search with that name exists already")
-        return ConflictError(f"conflicting write: {first}")
+        return IntegrityViolation(f"conflicting write: {first}")  # not retryable
     if code in ("40001", "40P01", "55P03") or "database is locked" in low:
         return ConflictError(f"concurrent write conflict, retry: {first}")
     if (code == "42P01" or "no such table" in low
