@@ -255,7 +255,8 @@ class Worker:
         result = self._run(job)
         if result is None or not self._commit(job, result):
             return
-        faults.point("after_commit", job)
+        if job.kind == JobKind.STEP:
+            faults.point("step_committed", job)  # tests: die before the controller update
         if job.kind == JobKind.STEP and self.controllers.trains(job):
             with self.timings("controller"):
                 if self.controllers.fold(job) is not None:

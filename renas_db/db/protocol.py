@@ -130,7 +130,6 @@ def _claim(store: Store, search_id: int, worker_id: int, token: str) -> ClaimedJ
         # a finished search still hands out the retrain jobs queued on it
         active = state.status in ACTIVE_STATUSES
         queued = state.queued if active else state.queued_retrain
-        token = uuid.uuid4().hex
         job: ClaimedJob | None
         if queued is not None:
             job = _take(conn, queued, search_id, state, config, token, worker_id)
