@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 from sqlalchemy import func, select
 
 from renas_db.db.models import Episode, Job
@@ -14,6 +15,19 @@ from tests.helpers import assert_one_line_error, cli_command, cli_env, run_cli, 
 
 DRY = ("--population", "2", "--sample", "2", "--steps", "2", "--mutator", "random",
        "--blocks", "2")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):  # type: ignore[no-untyped-def]
+    """The CLI paths below are the same on both back ends (their protocol functions are
+    tested on both in tests/integration/test_faults.py): SQLite only, to keep the suite
+    short."""
+    from renas_db.db.schema import upgrade
+    url = f"sqlite:///{tmp_path / 'renas.sqlite'}"
+    store = Store(url)
+    upgrade(store)
+    store.dispose()
+    return url
 
 
 def _worker(db_url: str, name: str, tmp_path, **env: str) -> subprocess.Popen:
@@ -44,7 +58,8 @@ def test_an_outage_within_the_backoff_costs_no_job(db_url, tmp_path):
     assert_invariants(db_url, "o", tmp_path)
 
 
-def test_a_failed_search_is_requeued_and_resumed(db_url, tmp_path):
+def test_a_failed_search_is_requeued_and_resumed(sqlite_url, tmp_path):
+    db_url = sqlite_url
     create(db_url, "f", tmp_path, *DRY, "--max-attempts", "1",
            "--retry-backoff-seconds", "0")
     broken = tmp_path / "broken"
@@ -69,8 +84,9 @@ def test_a_failed_search_is_requeued_and_resumed(db_url, tmp_path):
     assert_invariants(db_url, "f", tmp_path)
 
 
-def test_recover_folds_the_episodes_of_a_committer_killed_before_its_update(db_url,
+def test_recover_folds_the_episodes_of_a_committer_killed_before_its_update(sqlite_url,
                                                                              tmp_path):
+    db_url = sqlite_url
     create(db_url, "k", tmp_path, "--population", "2", "--sample", "2", "--steps", "3",
            "--mutator", "renas", "--blocks", "2")
     w = _worker(db_url, "k", tmp_path, RENAS_FAULTS="step_committed=exit")
