@@ -1,4 +1,4 @@
-"""renas-db search create | list | show | pause | resume"""
+"""renas-db search create | list | show | pause | resume | requeue"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -115,6 +115,40 @@ def _status_command(verb: str, status: SearchStatus) -> click.Command:
 
 
 search.add_command(_status_command("pause", SearchStatus.PAUSED))
-search.add_command(_status_command("resume", SearchStatus.RUNNING))
+
+
+@search.command("resume")
+@click.argument("name")
+@pass_app
+def resume_cmd(app: AppContext, name: str) -> None:
+    """Resume a search: workers claim its jobs again. A failed search runs again too,
+    once its cause is fixed (requeue its dead jobs with `renas-db search requeue`).
+
+    Example: renas-db search resume s1
+    """
+    from renas_db.db.admin import describe_or_none, set_search_status
+    from renas_db.db.protocol import resume_failed
+    store = app.store()
+    info = describe_or_none(store, name)
+    if info is not None and info["status"] == SearchStatus.FAILED:
+        resume_failed(store, name)
+        message(f"search {name}: failed -> running")
+        return
+    old = set_search_status(store, name, SearchStatus.RUNNING)
+    message(f"search {name}: {old} -> {SearchStatus.RUNNING}")
+
+
+@search.command("requeue")
+@click.argument("name")
+@pass_app
+def requeue_cmd(app: AppContext, name: str) -> None:
+    """Queue a search's dead jobs again with their attempts reset (after fixing what
+    killed them). Dead steps whose victim or parent is gone stay dead.
+
+    Example: renas-db search requeue s1
+    """
+    from renas_db.db.protocol import requeue_dead
+    r = requeue_dead(app.store(), name)
+    message(f"search {name}: {r['requeued']} dead jobs requeued, {r['left_dead']} left dead")
 
 COMMANDS = [search]

@@ -240,6 +240,9 @@ def _status_table(st: dict[str, Any]) -> Table:
             ("#M models / #Ex per model / Cost examples",
              f"{st['models_trained']} / {fmt(st['examples_per_model'])} / {st['examples']}"),
             ("failures and expired leases", st["failures"])]
+    if st.get("quarantined"):
+        rows.append(("quarantined (checkpoint lost; never a parent)",
+                     ", ".join(str(i) for i in st["quarantined"])))
     for w in st["workers"]:
         rows.append((f"worker {w['worker']} ({w['host']}:{w['pid']} {w['device']})",
                      f"job {w['job']} {w['kind']} {w['index']} attempt {w['attempt']}"))
@@ -289,14 +292,19 @@ def status_cmd(app: AppContext, name: str | None, watch: bool, as_json_: bool) -
 @click.argument("name")
 @pass_app
 def recover_cmd(app: AppContext, name: str) -> None:
-    """Return jobs whose lease expired to the queue now (workers also do this at every claim).
+    """Return jobs whose lease expired to the queue now (workers also do this at every claim),
+    and fold controller episodes a dead committer left behind.
 
     Example: renas-db recover demo
     """
     from renas_db.db.protocol import recover
-    r = recover(app.store(), name)
+    from renas_db.shared_controller import fold_leftovers
+    store = app.store()
+    r = recover(store, name)
+    folded = fold_leftovers(store, name)
     message(f"{name}: {r['requeued_or_dead']} expired jobs requeued or dead; "
-            f"{r['queued']} queued, {r['running']} running")
+            f"{r['queued']} queued, {r['running']} running"
+            + (f"; {folded} leftover episodes folded into the controller" if folded else ""))
 
 
 @click.command("check")

@@ -60,7 +60,14 @@ class SearchConfig:
     weight_decay: float = _f(3e-4, "SGD weight decay", lo=0.0, hi=1.0)
     lease_seconds: float = _f(120.0, "a job whose heartbeat is older than this is reclaimed",
                               lo=0.5, hi=86400 * 7)
-    max_attempts: int = _f(3, "a job failing this many times is dead", lo=1, hi=1000)
+    max_attempts: int = _f(5, "a job failing this many times is dead", lo=1, hi=1000)
+    retry_backoff_seconds: float = _f(3.0, "a failed job waits this long before its next "
+                                      "attempt, doubling per attempt (3, 6, 12, 24 s: five "
+                                      "attempts span 45 s)", lo=0.0, hi=86400)
+    retry_backoff_max_seconds: float = _f(300.0, "cap of the retry wait", lo=0.0, hi=86400 * 7)
+    stall_seconds: float = _f(1800.0, "a running job whose progress stands still this long "
+                              "is given up (by its worker, else by the sweep)",
+                              lo=0.5, hi=86400 * 7)
     seed: int = _f(0, "search seed (initial population, tournaments, controller)",
                    lo=0, hi=2**31 - 1)
     init_seed: int | None = _f(None, "seed of the initial population only (default: seed)",

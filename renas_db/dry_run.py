@@ -4,6 +4,7 @@ real one would be."""
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 
@@ -18,6 +19,22 @@ from renas_db.mutators import Mutator, mutation_rng
 def dry_fitness(genotype: space.Genotype) -> float:
     """A fitness in [0.5, 0.95] that depends only on the genotype."""
     return 0.5 + hashlib.sha256(genotype.to_text().encode()).digest()[0] / 255 * 0.45
+
+
+FAIL_FILE = "RENAS_DRY_RUN_FAIL_FILE"
+HANG_FILE = "RENAS_DRY_RUN_HANG_FILE"
+
+
+def _injected_faults() -> None:
+    """Faults tests control from outside a worker process: while the file named by
+    RENAS_DRY_RUN_FAIL_FILE exists every job fails at its start (an outage); while the
+    file named by RENAS_DRY_RUN_HANG_FILE exists a job hangs there, reporting no progress
+    and deaf to the stop flag (a training call that never returns)."""
+    fail, hang = os.environ.get(FAIL_FILE), os.environ.get(HANG_FILE)
+    if fail and os.path.exists(fail):
+        raise OSError(f"injected fault: {fail} exists")
+    while hang and os.path.exists(hang):
+        time.sleep(0.05)
 
 
 class DryRunExecutor:
@@ -42,9 +59,14 @@ class DryRunExecutor:
         else:
             assert job.genotype is not None
             genotype = space.parse(job.genotype)
-        deadline = time.monotonic() + self.seconds
+        _injected_faults()
+        start = time.monotonic()
+        deadline = start + self.seconds
+        total = max(int(self.seconds * 1000), 1)
         while time.monotonic() < deadline and not stop.is_set():
             time.sleep(min(0.05, self.seconds))
+            if progress is not None:  # "examples" are the milliseconds slept
+                progress(min(int((time.monotonic() - start) * 1000), total), total)
         if stop.is_set():
             raise TrainingStopped("stopped")
         fitness = dry_fitness(genotype)

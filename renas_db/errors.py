@@ -34,6 +34,11 @@ class ConflictError(RenasError):
     """A concurrent writer won (serialisation failure, lock timeout); retryable."""
 
 
+class IntegrityViolation(RenasError):
+    """A unique or foreign-key constraint refused a write: never retried (a retry would
+    hit it again)."""
+
+
 class StateError(RenasError):
     """An operation is not allowed in the current state (e.g. resume a finished search)."""
 

@@ -8,9 +8,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Candidate:
-    """An alive individual eligible for a tournament; larger id = younger."""
+    """An alive individual eligible for a tournament; larger id = younger. A quarantined
+    one (its checkpoint is missing or damaged) may be sampled and removed, never be the
+    parent."""
     id: int
     fitness: float
+    quarantined: bool = False
 
 
 @dataclass(frozen=True)
@@ -26,17 +29,21 @@ def step_rng(search_seed: int, step_index: int) -> random.Random:
 
 
 def tournament(candidates: Sequence[Candidate], sample_size: int, removal: str,
-               rng: random.Random) -> Tournament:
-    """Sample S candidates; the parent is the best (ties: the oldest). The victim is the
-    worst of the sample (ties: the youngest, so never the parent) for removal=worst, or the
-    oldest eligible individual for removal=oldest (regularized evolution)."""
+               rng: random.Random) -> Tournament | None:
+    """Sample S candidates; the parent is the best not quarantined (ties: the oldest). The
+    victim is the worst of the rest of the sample (ties: the youngest) for removal=worst,
+    or the oldest eligible individual for removal=oldest (regularized evolution). None
+    if every sampled candidate is quarantined."""
     if sample_size < 2 or len(candidates) < sample_size:
         raise ValueError(f"need {sample_size} >= 2 candidates, have {len(candidates)}")
     pool = sorted(candidates, key=lambda c: c.id)
     sample = rng.sample(pool, sample_size)
-    parent = max(sample, key=lambda c: (c.fitness, -c.id))
+    parents = [c for c in sample if not c.quarantined]
+    if not parents:
+        return None
+    parent = max(parents, key=lambda c: (c.fitness, -c.id))
     if removal == "worst":
-        victim = min(sample, key=lambda c: (c.fitness, -c.id))
+        victim = min((c for c in sample if c is not parent), key=lambda c: (c.fitness, -c.id))
     elif removal == "oldest":
         victim = pool[0]
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from renas_db import space
+from renas_db.config import SearchConfig
 from renas_db.controller import ControllerTrainer, Episode, controller_config
 from renas_db.db import snapshots
 from renas_db.db.session import Store
@@ -27,14 +28,17 @@ class SharedController:
     def trainer(self, job: ClaimedJob) -> ControllerTrainer:
         """The newest snapshot of the job's search, read again only when another worker
         has written a newer version."""
-        cached = self._trainers.get(job.search_id)
+        return self._trainer(job.search_id, job.config)
+
+    def _trainer(self, search_id: int, config: SearchConfig) -> ControllerTrainer:
+        cached = self._trainers.get(search_id)
         latest = retrying("snapshot version", snapshots.latest_version, self.store,
-                          job.search_id)
+                          search_id)
         if cached is None or cached.version != latest:
             _, state, _ = retrying("snapshot", snapshots.latest_snapshot, self.store,
-                                   job.search_id)
-            cached = ControllerTrainer.from_bytes(state, controller_config(job.config))
-            self._trainers[job.search_id] = cached
+                                   search_id)
+            cached = ControllerTrainer.from_bytes(state, controller_config(config))
+            self._trainers[search_id] = cached
         return cached
 
     def mutator(self, job: ClaimedJob) -> Mutator:
@@ -50,12 +54,19 @@ class SharedController:
         A worker that loses the race re-reads and tries again until nothing is left.
         Returns the update's statistics, or None if there was nothing to fold (or
         another worker folded it)."""
+        return self.fold_search(job.search_id, job.config)
+
+    def fold_search(self, search_id: int, config: SearchConfig) -> dict[str, float] | None:
+        """`fold` for a search by id and config (`renas-db recover` folds the episodes
+        a committer that died before its update left behind)."""
+        if not mutator_spec(config.mutator).trains_controller:
+            return None
         for _ in range(FOLD_TRIES):
             episodes = retrying("episodes", snapshots.unconsumed_episodes, self.store,
-                                job.search_id)
+                                search_id)
             if not episodes:
                 return None
-            trainer = self.trainer(job)
+            trainer = self._trainer(search_id, config)
             version = trainer.version
             saved = False
             try:
@@ -68,16 +79,27 @@ class SharedController:
                                                 reward=e.reward) for e in episodes])
                 state = trainer.to_bytes()
                 saved = retrying(
-                    "controller update", snapshots.save_update, self.store, job.search_id,
+                    "controller update", snapshots.save_update, self.store, search_id,
                     version, state, [e.id for e in episodes],
                     episodes_seen=trainer.episodes_seen, mean_reward=stats["mean_reward"],
                     baseline=stats["baseline"], stats=stats)
             finally:
                 if not saved:
                     # the update changed the cached copy only: drop it, re-read, retry
-                    self._trainers.pop(job.search_id, None)
+                    self._trainers.pop(search_id, None)
             if saved:
                 log.info("controller v%d: %d episodes, mean reward %.3f", version + 1,
                          len(episodes), stats["mean_reward"])
                 return stats
         return None
+
+
+def fold_leftovers(store: Store, name: str) -> int:
+    """Fold the unconsumed episodes of a search (its last committer died before its
+    controller update). Returns how many were folded."""
+    from renas_db.db.admin import get_search
+    with store.transaction(write=False) as s:
+        search = get_search(s, name)
+        sid, config = search.id, SearchConfig.from_dict(search.config)
+    stats = SharedController(store).fold_search(sid, config)
+    return int(stats["episodes"]) if stats and "episodes" in stats else (1 if stats else 0)

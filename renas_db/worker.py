@@ -6,6 +6,7 @@ controller's snapshot cache and update are renas_db/shared_controller.py's, and 
 checkpoints is renas_db/collector.py's."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -13,14 +14,17 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from renas_db import faults
 from renas_db.collector import CheckpointCollector
 from renas_db.db import admin, protocol
 from renas_db.db.session import Store
 from renas_db.dry_run import DryRunExecutor
 from renas_db.errors import (
+    CheckpointError,
     ConflictError,
     DatabaseUnavailable,
     LeaseLost,
@@ -72,8 +76,11 @@ def make_executor(options: WorkerOptions, timings: Timings) -> Executor:
 
 
 class Heartbeat:
-    """Renews the lease every interval from its own connection. Zero rows updated means
-    the lease is lost: `lost` and the training stop flag are set."""
+    """Renews the lease every interval from its own connection, with the job's progress
+    when it moved. Zero rows updated means the lease is lost: `lost` and the training
+    stop flag are set. Progress standing still for the search's stall_seconds gives the
+    job up (`stalled`, `lost` and the stop flag set; the job requeued after its retry
+    backoff): a training call that never returns cannot hold the job."""
 
     def __init__(self, store: Store, job: ClaimedJob, worker_id: int, interval: float,
                  stop_training: threading.Event) -> None:
@@ -81,8 +88,18 @@ class Heartbeat:
         self.job, self.worker_id, self.interval = job, worker_id, interval
         self.stop_training = stop_training
         self.lost = threading.Event()
+        self.stalled = threading.Event()
         self._done = threading.Event()
+        self._progress: int | None = None
+        self._sent: int | None = None
+        self._moved_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def progress(self, done: int, _total: int) -> None:
+        """The executor's progress callback (examples done): news moves the stall clock."""
+        if done != self._progress:
+            self._progress = done
+            self._moved_at = time.monotonic()
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -95,16 +112,35 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._done.wait(self.interval):
             try:
+                stall = self.job.config.stall_seconds
+                if time.monotonic() - self._moved_at > stall:
+                    self._give_up(stall)
+                    return
+                news = self._progress if self._progress != self._sent else None
                 if not protocol.heartbeat(self.store, self.job.id, self.job.lease_token,
-                                          self.worker_id):
+                                          self.worker_id, news):
                     log.warning("job %d: lease lost (another worker owns it now)", self.job.id)
                     self.lost.set()
                     self.stop_training.set()
                     return
+                if news is not None:
+                    self._sent = news
             except (DatabaseUnavailable, ConflictError) as exc:
                 log.warning("heartbeat failed, will retry: %s", exc)
             except Exception as exc:  # keep the thread alive whatever happens
                 log.warning("heartbeat error, will retry: %s", exc)
+
+    def _give_up(self, stall: float) -> None:
+        why = f"stalled: no progress for {stall:g} s (worker {self.worker_id})"
+        log.error("job %d %s; giving it up", self.job.id, why)
+        self.stalled.set()
+        self.lost.set()
+        self.stop_training.set()
+        try:
+            retrying("give up", _ignore_lost, protocol.fail_job, self.store, self.job, why,
+                     "job stalled")
+        except RenasError as exc:  # the sweep gives it up instead
+            log.warning("job %d: could not give it up: %s", self.job.id, exc)
 
 
 class Worker:
@@ -127,6 +163,7 @@ class Worker:
                                   socket.gethostname(), os.getpid(), device)
         self.summary = WorkerSummary(self.worker_id)
         self._signals = 0
+        self._folded: set[int] = set()  # searches whose leftover episodes this worker folded
 
     # -- signals ------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -194,7 +231,10 @@ class Worker:
                        self.options.search)
         active = False
         for sid in ids:
-            job = retrying("claim", protocol.claim, self.store, sid, self.worker_id)
+            # the token is made here, once per claim: a retry after a lost acknowledgement
+            # gets back the job the first try took
+            token = uuid.uuid4().hex
+            job = retrying("claim", protocol.claim, self.store, sid, self.worker_id, token)
             if job is not None:
                 return job, True
             # a paused, finished or failed search has no more work for us: exit
@@ -205,9 +245,18 @@ class Worker:
         """Run one job and, if its lease held, commit it and update the controller."""
         log.info("job %d: %s %d of %s (attempt %d)", job.id, job.kind, job.step_index,
                  job.search_name, job.attempt)
+        if job.kind == JobKind.STEP and self.controllers.trains(job) and \
+                job.search_id not in self._folded:
+            # episodes a committer left behind when it died before its controller update
+            self._folded.add(job.search_id)
+            with self.timings("controller"):
+                if self.controllers.fold(job) is not None:
+                    self.summary.controller_updates += 1
         result = self._run(job)
         if result is None or not self._commit(job, result):
             return
+        if job.kind == JobKind.STEP:
+            faults.point("step_committed", job)  # tests: die before the controller update
         if job.kind == JobKind.STEP and self.controllers.trains(job):
             with self.timings("controller"):
                 if self.controllers.fold(job) is not None:
@@ -220,35 +269,80 @@ class Worker:
         self.stop_training.clear()
         if self.stop_requested.is_set():
             self.stop_training.set()
-        interval = min(job.config.lease_seconds / 4, 10.0)
-        progress = self.progress_factory(job) if self.progress_factory else None
+        interval = min(job.config.lease_seconds / 4, job.config.stall_seconds / 4, 10.0)
+        shown = self.progress_factory(job) if self.progress_factory else None
         with Heartbeat(self.heartbeat_store, job, self.worker_id, interval,
                        self.stop_training) as beat:
+
+            def progress(done: int, total: int) -> None:
+                beat.progress(done, total)
+                if shown is not None:
+                    shown(done, total)
             try:
                 mutator = None
                 if job.kind == JobKind.STEP:
                     with self.timings("snapshot"):
                         mutator = self.controllers.mutator(job)
                 result = self.executor.run(job, mutator, progress, self.stop_training)
-            except TrainingStopped:
-                if beat.lost.is_set():
-                    self._lease_lost(job, None, "stopped training")
-                else:
-                    retrying("release", _ignore_lost, protocol.release_job, self.store,
-                             job)
-                    log.warning("job %d released", job.id)
-                return None
-            except (DatabaseUnavailable, ConflictError) as exc:
-                self._fail(job, f"database unavailable during the job: {exc}")
-                return None
             except Exception as exc:
-                self._fail(job, f"{type(exc).__name__}: {exc}",
-                           exc_info=log.isEnabledFor(logging.DEBUG))
+                if beat.stalled.is_set():  # given up already: its retry is queued
+                    self.summary.jobs_failed += 1
+                    log.warning("job %d: given up as stalled (%s)", job.id,
+                                type(exc).__name__)
+                    return None
+                self._after_error(job, exc, beat)
+                return None
+            if beat.stalled.is_set():
+                self.summary.jobs_failed += 1
+                self.collector.discard(job, result.checkpoint_uri)
                 return None
             if beat.lost.is_set():
                 self._lease_lost(job, result.checkpoint_uri, "nothing committed")
                 return None
         return result
+
+    def _after_error(self, job: ClaimedJob, exc: Exception, beat: Heartbeat) -> None:
+        """Training raised: give the job back (stop signal), drop it (lease lost),
+        quarantine its parent (parent checkpoint missing or damaged), or fail it."""
+        if isinstance(exc, TrainingStopped):
+            if beat.lost.is_set():
+                self._lease_lost(job, None, "stopped training")
+            else:
+                retrying("release", _ignore_lost, protocol.release_job, self.store, job)
+                log.warning("job %d released", job.id)
+        elif isinstance(exc, (DatabaseUnavailable, ConflictError)):
+            self._fail(job, f"database unavailable during the job: {exc}")
+        elif isinstance(exc, CheckpointError) and job.kind == JobKind.STEP \
+                and self._parent_damaged(job):
+            why = f"parent checkpoint missing or damaged: {exc}"
+            log.error("job %d: %s; quarantining individual %s", job.id, why,
+                      job.parent.id if job.parent else None)
+            retrying("quarantine", _ignore_lost, protocol.quarantine_parent, self.store,
+                     job, why)
+        else:
+            self._fail(job, f"{type(exc).__name__}: {exc}",
+                       exc_info=log.isEnabledFor(logging.DEBUG))
+
+    def _parent_damaged(self, job: ClaimedJob) -> bool:
+        """Whether the step's parent checkpoint is missing or does not match its digest,
+        with the checkpoint store itself reachable (a store that is away is an outage,
+        retried with backoff, not damage)."""
+        parent = job.parent
+        if parent is None:
+            return False
+        if not parent.checkpoint_uri:
+            return True
+        files = self.collector.checkpoints(job)
+        try:
+            if not files.root.is_dir():
+                return False
+            data = files.path(parent.checkpoint_uri).read_bytes()
+        except FileNotFoundError:
+            return True
+        except (OSError, CheckpointError):
+            return False
+        return parent.checkpoint_sha256 is not None and \
+            hashlib.sha256(data).hexdigest() != parent.checkpoint_sha256
 
     def _fail(self, job: ClaimedJob, text: str, exc_info: bool = False) -> None:
         log.error("job %d failed: %s", job.id, text, exc_info=exc_info)

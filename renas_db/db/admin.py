@@ -1,6 +1,7 @@
 """Search administration: searches, workers, retrain and study queueing, the events log."""
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -32,6 +33,13 @@ def get_search(session: Session, name: str) -> Search:
     return search
 
 
+def absolute_root(config: SearchConfig) -> SearchConfig:
+    """The config with checkpoint_root made absolute against this process's folder (a
+    relative root would be resolved against each worker's own current folder)."""
+    root = os.path.abspath(os.path.expanduser(config.checkpoint_root))
+    return config if root == config.checkpoint_root else config.replace(checkpoint_root=root)
+
+
 def _refuse_existing(s: Session, name: str) -> None:
     if s.scalar(select(Search.id).where(Search.name == name)) is not None:
         raise AlreadyExistsError(f"a search named {name!r} exists already")
@@ -39,7 +47,9 @@ def _refuse_existing(s: Session, name: str) -> None:
 
 def create_search(store: Store, name: str, config: SearchConfig, genotypes: Sequence[str],
                   snapshot0: bytes | None, study: str | None = None) -> int:
-    """The search row, its P init jobs and (for renas) controller snapshot 0, at once."""
+    """The search row, its P init jobs and (for renas) controller snapshot 0, at once.
+    The checkpoint root is stored absolute: every worker resolves it the same way."""
+    config = absolute_root(config)
     with store.transaction() as s:
         _refuse_existing(s, name)
         search = Search(name=name, status=SearchStatus.CREATED, config=config.to_dict(),
@@ -60,6 +70,7 @@ def create_search(store: Store, name: str, config: SearchConfig, genotypes: Sequ
 
 def create_retrain_search(store: Store, name: str, config: SearchConfig) -> int:
     """A search with no evolution, only to hold retrain jobs of a given genotype."""
+    config = absolute_root(config)
     with store.transaction() as s:
         _refuse_existing(s, name)
         search = Search(name=name, status=SearchStatus.FINISHED, config=config.to_dict(),

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     literal,
 )
 from sqlalchemy.ext.compiler import compiles
@@ -105,6 +107,8 @@ class Job(Base):
         # with only (search_id, state) PostgreSQL preferred the unique (search_id, kind,
         # ...) index and scanned the whole history of a kind (bench/history_scaling.py)
         Index("ix_jobs_search_id_state_kind", "search_id", "state", "kind"),
+        # a retried claim finds the job it already holds by its token (migration 0004)
+        Index("ix_jobs_lease_token", "lease_token"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     search_id: Mapped[int] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
@@ -127,6 +131,11 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     error: Mapped[str | None] = mapped_column(Text)
     params: Mapped[dict | None] = mapped_column(JSON)  # the retrain recipe
+    # migration 0004: a failed job is not claimed before not_before (retry backoff);
+    # progress is the examples done as the last heartbeat reported, at progress_at
+    not_before: Mapped[datetime | None] = mapped_column(DateTime)
+    progress: Mapped[int | None] = mapped_column(BigInteger)
+    progress_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class Individual(Base):
@@ -159,6 +168,8 @@ class Individual(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     died_at: Mapped[datetime | None] = mapped_column(DateTime)
     removed_by_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    # migration 0004: its checkpoint was found missing or damaged; never a parent again
+    quarantined: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
 
 class Episode(Base):

@@ -88,8 +88,12 @@ def search_status(store: Store, name: str) -> dict[str, Any]:
                             .where(Job.search_id == sid, Job.state == RUNNING)
                             .order_by(Job.id)).all()
         failures = s.scalar(select(func.count()).where(
-            Event.search_id == sid, Event.kind.in_(("job failed", "lease expired"))))
+            Event.search_id == sid,
+            Event.kind.in_(("job failed", "lease expired", "job stalled"))))
         episodes = s.scalar(select(func.count()).where(Episode.search_id == sid))
+        quarantined = list(s.scalars(select(Individual.id).where(
+            Individual.search_id == sid, Individual.quarantined.is_(True),
+            Individual.alive.is_(True)).order_by(Individual.id)))
         return {
             "name": search.name, "status": search.status, "mutator": cfg.get("mutator"),
             "population": cfg.get("population"), "init_done": init_done,
@@ -103,6 +107,7 @@ def search_status(store: Store, name: str) -> dict[str, Any]:
             "models_trained": models, "examples": int(examples),
             "examples_per_model": (int(examples) / models) if models else None,
             "failures": failures,
+            "quarantined": quarantined,
             "workers": [{"job": r[0], "kind": r[1], "index": r[2], "attempt": r[3],
                          "worker": r[4], "host": r[5], "pid": r[6], "device": r[7]}
                         for r in running],
@@ -184,15 +189,17 @@ def check_invariants(store: Store, name: str, checkpoint_root: str | None = None
         if bad:
             problems.append(f"5: {bad} episodes consumed by a version that does not exist")
         rows = s.execute(select(Individual.id, Individual.checkpoint_uri,
-                                Individual.checkpoint_sha256).where(
+                                Individual.checkpoint_sha256, Individual.quarantined).where(
             Individual.search_id == sid, Individual.alive.is_(True),
             Individual.origin != Origin.RETRAIN)).all()
         root = checkpoint_root or search.checkpoint_root
     store_ = CheckpointStore(root)
-    for ind_id, uri, sha in rows:
+    for ind_id, uri, sha, quarantined in rows:
         if not uri or not sha or not store_.verify(uri, sha):
+            note = "; quarantined: never a parent, removable as a victim" if quarantined \
+                else ""
             problems.append(f"4: checkpoint of alive individual {ind_id} missing or "
-                            f"not matching its sha256 ({uri})")
+                            f"not matching its sha256 ({uri}{note})")
     return problems
 
 

@@ -28,6 +28,7 @@ from renas_db.errors import (
     ConfigError,
     ConflictError,
     DatabaseUnavailable,
+    IntegrityViolation,
     RenasError,
     SchemaError,
 )
@@ -219,7 +220,7 @@ def translate_error(exc: DBAPIError, masked_url: str, *,
     if isinstance(exc, IntegrityError):
         if "searches" in low and "name" in low:
             return AlreadyExistsError("a search with that name exists already")
-        return ConflictError(f"conflicting write: {first}")
+        return IntegrityViolation(f"conflicting write: {first}")  # not retryable
     if "database is locked" in low:
         waited = f" for {busy_s:g} s" if busy_s is not None else ""
         return ConflictError(f"the SQLite database stayed locked by another writer{waited} "

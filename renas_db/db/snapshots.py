@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from renas_db.db.models import ControllerSnapshot, Episode, Individual, Job, db_now
 from renas_db.db.session import Store
-from renas_db.errors import ConflictError, SnapshotError
+from renas_db.errors import ConflictError, IntegrityViolation, SnapshotError
 
 KEEP_NEWEST = 3
 KEEP_EVERY = 100  # snapshot weights are ~2 MB: keep the newest few and every 100th
@@ -101,7 +101,7 @@ def save_update(store: Store, search_id: int, base_version: int, state: bytes,
                 ControllerSnapshot.state.is_not(None)).values(state=None)
                 .execution_options(synchronize_session=False))
         return True
-    except (_Lost, ConflictError):
+    except (_Lost, ConflictError, IntegrityViolation):
         return False
 
 

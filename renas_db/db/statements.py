@@ -56,9 +56,20 @@ def _of_search(column: Any, *where: Any) -> Any:
     return select(column).where(jobs_t.c.search_id == search_id, *where).scalar_subquery()
 
 
+def _stale() -> Any:
+    """A running job to sweep: its lease expired (heartbeat older than `age` seconds ago,
+    a negative offset) or its progress stood still since `stall` (docs/design.md 3.5)."""
+    return or_(jobs_t.c.heartbeat_at < db_now(bindparam("age", type_=Float)),
+               func.coalesce(jobs_t.c.progress_at, jobs_t.c.claimed_at)
+               < db_now(bindparam("stall", type_=Float)))
+
+
 def _expired() -> Any:
-    return (jobs_t.c.search_id == search_id, jobs_t.c.state == JobState.RUNNING,
-            jobs_t.c.heartbeat_at < db_now(bindparam("age", type_=Float)))
+    return (jobs_t.c.search_id == search_id, jobs_t.c.state == JobState.RUNNING, _stale())
+
+
+# a queued job whose retry backoff is over
+_READY = or_(jobs_t.c.not_before.is_(None), jobs_t.c.not_before <= db_now())
 
 
 HOT = Statements("renas", {
@@ -71,16 +82,22 @@ HOT = Statements("renas", {
         searches_t.c.status, searches_t.c.name, searches_t.c.config,
         searches_t.c.checkpoint_root,
         exists().where(*_expired()).label("expired"),
-        _of_search(func.min(jobs_t.c.id), jobs_t.c.state == JobState.QUEUED).label("queued"),
-        _of_search(func.min(jobs_t.c.id), jobs_t.c.state == JobState.QUEUED,
+        _of_search(func.min(jobs_t.c.id), jobs_t.c.state == JobState.QUEUED, _READY)
+        .label("queued"),
+        _of_search(func.min(jobs_t.c.id), jobs_t.c.state == JobState.QUEUED, _READY,
                    jobs_t.c.kind == JobKind.RETRAIN).label("queued_retrain"),
+        # the job a retried claim already holds under its client-made token (fault 8)
+        _of_search(func.min(jobs_t.c.id), jobs_t.c.state == JobState.RUNNING,
+                   jobs_t.c.lease_token == lease_token).label("mine"),
         _of_search(func.count(), jobs_t.c.kind == JobKind.INIT,
                    jobs_t.c.state.in_(PENDING_STATES)).label("init_pending"),
         _of_search(func.max(jobs_t.c.step_index), jobs_t.c.kind == JobKind.STEP)
         .label("last_step"),
     ).where(searches_t.c.id == search_id),
     "expired": select(jobs_t.c.id, jobs_t.c.kind, jobs_t.c.step_index, jobs_t.c.attempt,
-                      jobs_t.c.max_attempts, jobs_t.c.worker_id, jobs_t.c.lease_token)
+                      jobs_t.c.max_attempts, jobs_t.c.worker_id, jobs_t.c.lease_token,
+                      (jobs_t.c.heartbeat_at < db_now(bindparam("age", type_=Float)))
+                      .label("lease_expired"))
     .where(*_expired()).order_by(jobs_t.c.id)
     # a row locked by a committer (frozen, or just committing) is left to a later sweep:
     # never wait on it (PostgreSQL; SQLite has no row locks and ignores the clause)
@@ -91,9 +108,11 @@ HOT = Statements("renas", {
     "take": update(jobs_t).where(jobs_t.c.id == job_id).values(
         state=JobState.RUNNING, lease_token=lease_token,
         worker_id=bindparam("wid", type_=Integer), attempt=jobs_t.c.attempt + 1,
-        heartbeat_at=db_now(), claimed_at=db_now()),
+        heartbeat_at=db_now(), claimed_at=db_now(), not_before=None, progress=None,
+        progress_at=None),
     # the tournament's candidates: alive, not reserved as a pending step's victim
-    "unreserved": select(individuals_t.c.id, individuals_t.c.fitness).where(
+    "unreserved": select(individuals_t.c.id, individuals_t.c.fitness,
+                         individuals_t.c.quarantined).where(
         individuals_t.c.search_id == search_id, individuals_t.c.alive.is_(True),
         individuals_t.c.origin != Origin.RETRAIN,
         individuals_t.c.id.not_in(select(jobs_t.c.victim_id).where(
@@ -128,12 +147,15 @@ HOT = Statements("renas", {
     "event": (insert(events_t).values(created_at=db_now()),
               ("kind", "message", "search_id", "worker_id", "job_id")),
     # an expired lease back to the queue or dead; guarded by the state and token the
-    # sweep read, so a commit that landed in between is never undone
+    # sweep read and by the lease still being stale (age/stall; a failure passes offsets
+    # that always hold), so neither a commit nor a heartbeat that landed in between is
+    # undone. A retry waits until not_before (`delay` seconds from now).
     "requeue": update(jobs_t).where(
         jobs_t.c.id == job_id, jobs_t.c.state == JobState.RUNNING,
-        jobs_t.c.lease_token == lease_token).values(
+        jobs_t.c.lease_token == lease_token, _stale()).values(
         state=bindparam("new_state", type_=jobs_t.c.state.type), lease_token=None,
         error=bindparam("why", type_=jobs_t.c.error.type),
+        not_before=db_now(bindparam("delay", type_=Float)),
         finished_at=case((bindparam("dead", type_=Boolean), db_now()), else_=None)),
     "fail_search": update(searches_t).where(searches_t.c.id == search_id)
     .values(status=SearchStatus.FAILED, finished_at=db_now()),

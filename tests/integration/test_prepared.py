@@ -63,7 +63,8 @@ def test_statements_are_prepared_once_per_connection_and_survive_rollback(pg_url
     # statement stays prepared on that connection and the next claim uses it
     with pytest.raises(RuntimeError, match="after the statement"):
         with store.connection() as conn:
-            statements.HOT.run(conn, "state", {"sid": sid, "age": -30.0})
+            statements.HOT.run(conn, "state", {"sid": sid, "age": -30.0, "stall": -1800.0,
+                                               "tok": "0" * 32})
             raise RuntimeError("a failure after the statement")
     _cycle(store, sid, wid, 0.6)
     with store.engine.connect() as conn:

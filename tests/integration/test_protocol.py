@@ -90,12 +90,18 @@ def test_expired_lease_is_requeued_then_dead(store, tmp_path):
     assert protocol.recover(store, "s")["requeued_or_dead"] == 1
     with store.transaction() as s:
         state = s.scalar(select(Job.state).where(Job.id == first.id))
-    assert state == "dead"   # an init job dead after max attempts fails the search
-    assert search_status(store, "s")["status"] == "failed"
+    assert state == "dead"   # an init job dead after max attempts is replaced
+    st = search_status(store, "s")
+    assert st["status"] == "running" and st["jobs"]["queued"] == 4
+    with store.transaction() as s:
+        kinds = s.scalars(select(Job.kind).where(Job.search_id == sid,
+                                                 Job.state == "queued")).all()
+    assert kinds == ["init"] * 4
 
 
 def test_fail_and_release(store, tmp_path):
-    sid = searches.create(store, "s", _config(tmp_path, max_attempts=3))
+    sid = searches.create(store, "s", _config(tmp_path, max_attempts=3,
+                                              retry_backoff_seconds=0.0))
     wid = admin.register_worker(store, "h", 1, "cpu")
     job = protocol.claim(store, sid, wid)
     assert protocol.fail_job(store, job, "boom") == "queued"

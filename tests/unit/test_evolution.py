@@ -29,3 +29,13 @@ def test_oldest_removal_and_seeding():
     assert len(samples) > 5  # different steps draw different samples
     with pytest.raises(ValueError):
         tournament(cands[:2], 3, "worst", step_rng(0, 0))
+
+
+def test_a_quarantined_candidate_is_never_the_parent_but_may_be_the_victim():
+    cands = [Candidate(1, 0.9, quarantined=True), Candidate(2, 0.5), Candidate(3, 0.1,
+                                                                              True)]
+    for k in range(10):
+        t = tournament(cands, 3, "worst", step_rng(0, k))
+        assert t.parent_id == 2 and t.victim_id == 3
+    assert tournament([Candidate(1, 0.9, True), Candidate(2, 0.5, True)], 2, "worst",
+                      step_rng(0, 0)) is None
