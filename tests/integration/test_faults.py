@@ -17,7 +17,7 @@ from renas_db.db.models import Episode, Event, Individual, Job, Search, db_now
 from renas_db.db.reports import check_invariants, search_status
 from renas_db.db.session import Store
 from renas_db.dry_run import HANG_FILE
-from renas_db.errors import DatabaseUnavailable, LeaseLost, StateError
+from renas_db.errors import ConflictError, DatabaseUnavailable, LeaseLost, StateError
 from renas_db.shared_controller import fold_leftovers
 from renas_db.testing import fake_result_for
 from renas_db.worker import Worker, WorkerOptions
@@ -56,6 +56,12 @@ def hooks():
 # -- fault 1 ------------------------------------------------------------------------------
 def test_sweep_spares_a_job_whose_heartbeat_lands_between_its_read_and_write(
         store, tmp_path, hooks):
+    """SQLite: the renewal lands inside the claim, between the sweep's read and its write;
+    the guarded requeue must spare the job. PostgreSQL: the sweep's SELECT ... FOR UPDATE
+    SKIP LOCKED holds the row, so a concurrent renewal cannot land in between at all (it
+    waits; here it gives up after 200 ms) and the requeue is consistent: the old owner's
+    heartbeat and commit then see their lease lost. Without either protection the
+    renewal lands and the requeue undoes it."""
     sid = searches.create(store, "s", _config(tmp_path))
     w1 = admin.register_worker(store, "h", 1, "cpu")
     w2 = admin.register_worker(store, "h", 2, "cpu")
@@ -63,6 +69,7 @@ def test_sweep_spares_a_job_whose_heartbeat_lands_between_its_read_and_write(
     with store.transaction() as s:   # its lease looks expired to the next claim's sweep
         s.execute(update(Job).where(Job.id == job.id).values(heartbeat_at=db_now(-600)))
     beat = Store(store.url)
+    blocked = []
 
     def heartbeat_lands(conn, row):
         if row.id != job.id:
@@ -70,17 +77,27 @@ def test_sweep_spares_a_job_whose_heartbeat_lands_between_its_read_and_write(
         if store.is_sqlite:   # one writer at a time: the renewal runs inside the claim
             conn.execute(update(Job.__table__).where(Job.__table__.c.id == job.id)
                          .values(heartbeat_at=db_now()))
-        else:                 # a real concurrent renewal that commits first
-            assert protocol.heartbeat(beat, job.id, job.lease_token, w1)
+            return
+        with pytest.raises(ConflictError, match="lock"), beat.connection() as c:
+            c.exec_driver_sql("SET LOCAL lock_timeout = '200ms'")
+            c.execute(update(Job.__table__).where(Job.__table__.c.id == job.id)
+                      .values(heartbeat_at=db_now()))
+        blocked.append(True)
     hooks["sweep_read"] = heartbeat_lands
-    other = protocol.claim(store, sid, w2)
+    protocol.claim(store, sid, w2)
+    if store.is_sqlite:
+        row = _job(store, job.id)
+        assert (row.state, row.lease_token, row.attempt) == ("running", job.lease_token, 1)
+        assert _events(store, "lease expired") == 0
+        protocol.commit_job(store, job, fake_result_for(job, 0.5), w1)
+        assert _job(store, job.id).state == "done"
+    else:
+        assert blocked == [True]
+        assert _job(store, job.id).lease_token != job.lease_token   # requeued (and retaken)
+        assert not protocol.heartbeat(beat, job.id, job.lease_token, w1)
+        with pytest.raises(LeaseLost):
+            protocol.commit_job(store, job, fake_result_for(job, 0.5), w1)
     beat.dispose()
-    assert other.id != job.id
-    row = _job(store, job.id)
-    assert (row.state, row.lease_token, row.attempt) == ("running", job.lease_token, 1)
-    assert _events(store, "lease expired") == 0
-    protocol.commit_job(store, job, fake_result_for(job, 0.5), w1)
-    assert _job(store, job.id).state == "done"
 
 
 def test_applied_only_when_done_and_unique_violations_are_not_retried(store, tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 from renas_db.controller import ControllerConfig, ControllerTrainer, Episode, MutationController
 from renas_db.errors import SnapshotError
-from renas_db.space import SLOTS, Action, parse, random_genotype
+from renas_db.space import SLOTS, parse, random_genotype
 
 
 def test_parameters_start_small_and_logits_are_shaped():
@@ -127,61 +127,39 @@ def test_it_learns_and_does_not_with_shuffled_rewards(seed, capsys):
 
 
 # -- the input mutator: does the slot matter? ------------------------------------------
-TOY_BLOCK = 3                      # renasnet block 3: "1 sep5 + 0 sep3", 5 candidate inputs
-TOY_WANT = {"in1": 0, "in2": 4}    # IN1 should read cell c-2, IN2 block 2
+def _raw_input_scores(controller, h_slot, candidates):
+    """The input scorer's scores before the logit shaping."""
+    if controller.config.input_attention == "additive":
+        return controller.input_score(torch.tanh(controller.input_query(h_slot)
+                                                 + controller.input_key(candidates))).squeeze(-1)
+    pair = torch.cat([h_slot.expand(len(candidates), -1), candidates], dim=1)
+    return controller.input_mutator(pair).squeeze(-1)
 
 
-def _input_probs(controller, g, slot: str) -> torch.Tensor:
-    """P(new value | block TOY_BLOCK, slot): the input mutator's conditional."""
-    states = controller.encode(g)
-    begin = controller.begin()
-    candidates = torch.stack([begin[0], begin[1],
-                              *[states[5 * j + 4] for j in range(TOY_BLOCK)]])
-    h_slot = states[5 * TOY_BLOCK + SLOTS.index(slot)]
-    return torch.softmax(controller.input_logits(h_slot, candidates), 0)
-
-
-def _toy_attention(form: str, seed: int, episodes: int, shuffled: bool
-                   ) -> tuple[list[float], list[float]]:
-    """REINFORCE on a reward that wants different inputs for IN1 and IN2 of one block.
-    The slot of that block is set in turn to IN1 and IN2 (its value sampled from the
-    controller) so that both are trained; returns the two conditionals P(value | slot)."""
-    g = parse("renasnet")
-    trainer = ControllerTrainer.fresh(ControllerConfig(input_attention=form), seed=seed)
-    c = trainer.controller
-    rng = random.Random(seed)
-    for i in range(episodes):
-        slot = ("in1", "in2")[i % 2]
-        actions, _, _ = c.sample(g, rng)
-        with torch.no_grad():
-            p = _input_probs(c, g, slot).tolist()
-        value = rng.choices(range(len(p)), weights=p)[0]
-        actions[TOY_BLOCK] = Action(TOY_BLOCK, slot, value)
-        hit = value == TOY_WANT[slot]
-        if shuffled:
-            hit = rng.random() < 0.2
-        trainer.update([Episode(g, actions, c.log_prob(g, actions), 0.9 if hit else 0.1)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_slot_term_survives_in_the_additive_scorer_and_cancels_in_the_old_one(seed):
+    """Linear([h_slot; h_cand]) scores w_q.h_slot + w_c.h_cand + b: changing the slot adds
+    the same amount to every candidate, so IN1 and IN2 rank the candidates identically.
+    v . tanh(W_q h_slot + W_c h_cand) does not: the slot changes the ranking. (Whether
+    REINFORCE then learns slot-specific inputs is a separate, measured question: see
+    docs/results.md, "The input mutator on a toy reward".)"""
+    torch.manual_seed(seed)
+    candidates = torch.randn(5, 200)
+    h1, h2 = torch.randn(1, 200), torch.randn(1, 200)
     with torch.no_grad():
-        return _input_probs(c, g, "in1").tolist(), _input_probs(c, g, "in2").tolist()
-
-
-def _slot_separation(p1: list[float], p2: list[float]) -> float:
-    """How much more each slot wants its own input than the other slot does. With
-    Linear([h_slot; h_cand]) both slots rank the candidates identically (only the tanh
-    shaping of the logits can flatten one of them), so one of the two terms stays small."""
-    a, b = TOY_WANT["in1"], TOY_WANT["in2"]
-    return min(p1[a] - p2[a], p2[b] - p1[b])
-
-
-def test_input_mutator_learns_different_inputs_for_in1_and_in2(capsys):
-    p1, p2 = _toy_attention("additive", seed=3, episodes=800, shuffled=False)
-    s1, s2 = _toy_attention("additive", seed=3, episodes=800, shuffled=True)
-    with capsys.disabled():
-        print(f"\nIN1 {[round(x, 3) for x in p1]}  IN2 {[round(x, 3) for x in p2]}  "
-              f"separation {_slot_separation(p1, p2):.3f}, shuffled rewards "
-              f"{_slot_separation(s1, s2):.3f}")
-    assert _slot_separation(p1, p2) > 0.3
-    assert _slot_separation(s1, s2) < 0.1
+        for form, cancels in (("concat", True), ("additive", False)):
+            c = MutationController(ControllerConfig(input_attention=form))
+            for p in c.parameters():       # weights at a scale where the tanh is not linear
+                torch.nn.init.normal_(p, 0.0, 0.2)
+            shift = _raw_input_scores(c, h1, candidates) - _raw_input_scores(c, h2, candidates)
+            spread = float(shift.max() - shift.min())
+            if cancels:
+                assert spread < 1e-4, (form, spread)
+            else:
+                assert spread > 0.1, (form, spread)
+                rank1 = _raw_input_scores(c, h1, candidates).argsort().tolist()
+                rank2 = _raw_input_scores(c, h2, candidates).argsort().tolist()
+                assert rank1 != rank2
 
 
 # -- reward, baseline, batching, snapshots ----------------------------------------------
