@@ -119,6 +119,12 @@ class SearchConfig:
     def replace(self, **changes: Any) -> SearchConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
+    @property
+    def population_seed(self) -> int:
+        """The seed of the initial population: its genotypes, their replacements and
+        the training of its networks (init_seed, default the search seed)."""
+        return self.seed if self.init_seed is None else self.init_seed
+
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)

@@ -23,9 +23,11 @@ class Tournament:
     victim_id: int
 
 
-def step_rng(search_seed: int, step_index: int) -> random.Random:
-    """The same (seed, step) always draws the same sample, whichever worker creates it."""
-    return random.Random(f"renas-step:{search_seed}:{step_index}")
+def step_rng(search_seed: int, step_index: int, redraw: int = 0) -> random.Random:
+    """The same (seed, step) always draws the same sample, whichever worker creates it;
+    `redraw` k > 0 is the step's k-th fallback draw (deterministic as well)."""
+    suffix = f":redraw{redraw}" if redraw else ""
+    return random.Random(f"renas-step:{search_seed}:{step_index}{suffix}")
 
 
 def tournament(candidates: Sequence[Candidate], sample_size: int, removal: str,

@@ -51,8 +51,7 @@ def job_seed(job: ClaimedJob, salt: int) -> int:
     their job ids; other jobs are seeded by the search seed and the job."""
     cfg = job.config
     if job.kind == JobKind.INIT:
-        base = cfg.seed if cfg.init_seed is None else cfg.init_seed
-        return hash((base, job.step_index, job.attempt, salt, 7)) & 0x7FFFFFFF
+        return hash((cfg.population_seed, job.step_index, job.attempt, salt, 7)) & 0x7FFFFFFF
     return hash((cfg.seed, job.id, job.attempt, salt)) & 0x7FFFFFFF
 
 

@@ -14,8 +14,7 @@ from renas_db.space import random_genotype
 
 def initial_genotypes(config: SearchConfig) -> list[str]:
     """P random genotypes; the same seed gives the same initial population."""
-    seed = config.seed if config.init_seed is None else config.init_seed
-    rng = random.Random(f"renas-init:{seed}")
+    rng = random.Random(f"renas-init:{config.population_seed}")
     return [random_genotype(config.blocks, rng).to_text() for _ in range(config.population)]
 
 

@@ -249,20 +249,22 @@ class Worker:
                 job.search_id not in self._folded:
             # episodes a committer left behind when it died before its controller update
             self._folded.add(job.search_id)
-            with self.timings("controller"):
-                if self.controllers.fold(job) is not None:
-                    self.summary.controller_updates += 1
+            self._update_controller(job)
         result = self._run(job)
         if result is None or not self._commit(job, result):
             return
         if job.kind == JobKind.STEP:
             faults.point("step_committed", job)  # tests: die before the controller update
         if job.kind == JobKind.STEP and self.controllers.trains(job):
-            with self.timings("controller"):
-                if self.controllers.fold(job) is not None:
-                    self.summary.controller_updates += 1
+            self._update_controller(job)
         with self.timings("gc"):
             self.collector.after_commit(job)
+
+    def _update_controller(self, job: ClaimedJob) -> None:
+        """Fold the search's unconsumed episodes into the shared controller."""
+        with self.timings("controller"):
+            if self.controllers.fold(job) is not None:
+                self.summary.controller_updates += 1
 
     def _run(self, job: ClaimedJob) -> JobResult | None:
         """The job's result, or None when it was given back, failed or its lease lost."""

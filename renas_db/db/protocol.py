@@ -200,9 +200,8 @@ def _draw(rows: Any, config: SearchConfig, step_index: int) -> Tournament | None
     individuals, up to REDRAWS more from derived seeds (deterministic as well)."""
     candidates = [Candidate(r[0], r[1], bool(r[2])) for r in rows]
     for k in range(REDRAWS + 1):
-        rng = step_rng(config.seed, step_index) if k == 0 else \
-            random.Random(f"renas-step:{config.seed}:{step_index}:redraw{k}")
-        t = tournament(candidates, config.sample, config.removal, rng)
+        t = tournament(candidates, config.sample, config.removal,
+                       step_rng(config.seed, step_index, k))
         if t is not None:
             return t
     return None
@@ -277,9 +276,8 @@ def _replace_init(conn: Connection, search_id: int, config: SearchConfig, dead_i
                "`renas-db search resume`", search_id)
         return
     index = (last or 0) + 1
-    seed = config.seed if config.init_seed is None else config.init_seed
-    genotype = random_genotype(config.blocks,
-                               random.Random(f"renas-init:{seed}:replacement:{index}"))
+    genotype = random_genotype(config.blocks, random.Random(
+        f"renas-init:{config.population_seed}:replacement:{index}"))
     new_id = conn.execute(insert(jobs).values(
         search_id=search_id, kind=JobKind.INIT, state=JobState.QUEUED,
         genotype=genotype.to_text(), step_index=index, attempt=0,
