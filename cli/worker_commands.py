@@ -62,8 +62,8 @@ def _progress_factory() -> ProgressFactory | None:
 @click.option("--cpu", is_flag=True, help="Train on the CPU (the default without --gpu).")
 @click.option("--threads", type=click.IntRange(1, 1024), help="CPU threads for torch.")
 @click.option("--max-jobs", type=click.IntRange(1), help="Exit after this many jobs.")
-@click.option("--checkpoint-root", help="Override the search's checkpoint folder (e.g. a "
-              "shared mount seen under another path on this machine).")
+@click.option("--checkpoint-root", help="Override the search's checkpoint root (e.g. a "
+              "shared mount seen under another path on this machine, or s3://bucket/prefix).")
 @click.option("--poll", "poll_seconds", type=float, default=1.0, show_default=True,
               help="Seconds between claims when there is no work.")
 @click.option("--idle-exit", type=float, help="Exit after this many seconds without work.")
@@ -88,9 +88,11 @@ def worker_cmd(app: AppContext, search_name: str | None, gpu: int | None, cpu: b
     wlog.setLevel(logging.DEBUG if app.debug else logging.INFO)
     wlog.propagate = False
     store = app.store()
-    if search_name is not None:
-        from renas_db.db.admin import active_search_ids
-        active_search_ids(store, search_name)  # unknown search: one clear error
+    from renas_db.db.admin import active_search_ids
+    from renas_db.retry import retrying
+    # an unknown search: one clear error
+    ids = retrying("list searches", active_search_ids, store, search_name)
+    _probe_object_stores(store, ids, checkpoint_root)
     options = WorkerOptions(search=search_name, device=_device(gpu, cpu), threads=threads,
                             max_jobs=max_jobs, checkpoint_root=checkpoint_root,
                             poll_seconds=poll_seconds, idle_exit_seconds=idle_exit,
@@ -103,6 +105,19 @@ def worker_cmd(app: AppContext, search_name: str | None, gpu: int | None, cpu: b
     message(f"worker {s.worker_id}: {s.jobs_done} jobs done, {s.jobs_failed} failed, "
             f"{s.leases_lost} leases lost, {s.wall_seconds:.1f}s; "
             f"{100 * outside / total:.1f}% of job time outside train/recalibrate/evaluate")
+
+
+def _probe_object_stores(store: Store, search_ids: list[int], override: str | None) -> None:
+    """Object-storage roots are probed (a small object written and deleted) before the
+    first claim: a missing bucket or refused credentials end the worker with one line
+    instead of failing every job it claims."""
+    from renas_db import store_roots
+    from renas_db.checkpoints import open_store
+    from renas_db.db.admin import checkpoint_roots
+    roots = [override] if override else checkpoint_roots(store, search_ids)
+    for root in roots:
+        if store_roots.is_s3(root):
+            open_store(root).probe()
 
 
 def _worker_command(app: AppContext, name: str, device: str, threads: int) -> list[str]:
@@ -309,7 +324,8 @@ def recover_cmd(app: AppContext, name: str) -> None:
 
 @click.command("check")
 @click.argument("name")
-@click.option("--checkpoint-root", help="Where this machine sees the checkpoint folder.")
+@click.option("--checkpoint-root", help="Where this machine sees the checkpoint folder "
+              "(or s3://bucket/prefix).")
 @pass_app
 def check_cmd(app: AppContext, name: str, checkpoint_root: str | None) -> None:
     """Check the search's invariants (population size, parents, victims, fences,

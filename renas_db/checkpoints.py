@@ -1,6 +1,10 @@
-"""The checkpoint store: atomic writes, verified reads, garbage collection.
+"""The checkpoint stores: atomic writes, verified reads, garbage collection.
 
-A write goes to a temporary file in the target folder, is fsynced, renamed, and the
+Two stores share one interface (`CheckpointStorage`) and one serialisation (`encode`,
+`decode`); `open_store(root)` picks one by the root's scheme: a folder (`CheckpointStore`,
+here) or `s3://bucket/prefix` (`renas_db.s3store.S3Store`, object storage).
+
+A file write goes to a temporary file in the target folder, is fsynced, renamed, and the
 folder fsynced: a crash at any moment leaves either the whole file or none under its
 name. Reads verify the sha256 and load with weights_only=True (no code can run)."""
 from __future__ import annotations
@@ -12,10 +16,11 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
+from renas_db import store_roots
 from renas_db.errors import CheckpointError
 from renas_db.jobs import ClaimedJob
 
@@ -23,21 +28,90 @@ FORMAT = "renas-checkpoint-1"
 TMP_PREFIX = ".tmp-"
 
 
+class CheckpointStorage(Protocol):
+    """What workers, the garbage collection and `check` need of a checkpoint store.
+    URIs are relative (`<search>/<job id>-<token[:8]>.pt`); the root is the store's."""
+
+    def describe(self, uri: str) -> str:
+        """Where the checkpoint lives, for messages (a path or an s3:// URL)."""
+        ...
+
+    def save(self, uri: str, payload: dict[str, Any]) -> str:
+        """Write the whole checkpoint atomically; return its sha256."""
+        ...
+
+    def load(self, uri: str, sha256: str | None) -> dict[str, Any]:
+        """Read, verify against `sha256` (the database's), unpickle without code.
+        Missing, tampered or unreadable: CheckpointError."""
+        ...
+
+    def verify(self, uri: str, sha256: str) -> bool:
+        ...
+
+    def damaged(self, uri: str, sha256: str | None) -> bool:
+        """Missing or not matching `sha256`, with the store itself reachable (a store
+        that is away is an outage, not damage: False)."""
+        ...
+
+    def delete(self, uri: str) -> None:
+        ...
+
+    def collect(self, folder: str, keep: Iterable[str], grace_seconds: float) -> list[str]:
+        """Remove the checkpoints of `folder` not in `keep` once older than the grace
+        period; return their names."""
+        ...
+
+    def probe(self) -> None:
+        """Write and delete a small object: the root is writable (raises otherwise)."""
+        ...
+
+
+def relative_parts(uri: str) -> tuple[str, ...]:
+    """The parts of a checkpoint URI, which must be relative and stay inside the root."""
+    rel = PurePosixPath(uri)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise CheckpointError(f"checkpoint URI must be a relative path: {uri!r}")
+    return rel.parts
+
+
+def encode(payload: dict[str, Any]) -> tuple[bytes, str]:
+    """A checkpoint's bytes and their sha256."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buf)
+    data = buf.getvalue()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def decode(data: bytes, where: str, sha256: str | None) -> dict[str, Any]:
+    """The payload of a checkpoint's bytes, verified against the database's sha256."""
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(f"checkpoint {where} does not match its sha256 (tampered "
+                              "or damaged)")
+    try:
+        payload = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {where} is unreadable or carries code: "
+                              f"{str(exc).splitlines()[0][:160]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{where} is not a renas-db checkpoint")
+    return payload
+
+
 class CheckpointStore:
+    """The checkpoint store in a folder (a local disk or a shared mount)."""
+
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     def path(self, uri: str) -> Path:
-        rel = PurePosixPath(uri)
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-            raise CheckpointError(f"checkpoint URI must be a relative path: {uri!r}")
-        return self.root.joinpath(*rel.parts)
+        return self.root.joinpath(*relative_parts(uri))
+
+    def describe(self, uri: str) -> str:
+        return str(self.path(uri))
 
     def save(self, uri: str, payload: dict[str, Any]) -> str:
         """Write atomically; return the sha256 of the file."""
-        buf = io.BytesIO()
-        torch.save({"format": FORMAT, **payload}, buf)
-        data = buf.getvalue()
+        data, sha = encode(payload)
         path = self.path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
@@ -47,7 +121,7 @@ class CheckpointStore:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-        return hashlib.sha256(data).hexdigest()
+        return sha
 
     def load(self, uri: str, sha256: str | None) -> dict[str, Any]:
         path = self.path(uri)
@@ -55,23 +129,24 @@ class CheckpointStore:
             data = path.read_bytes()
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {path} is missing") from None
-        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise CheckpointError(f"checkpoint {path} does not match its sha256 (tampered "
-                                  "or damaged)")
-        try:
-            payload = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-        except Exception as exc:
-            raise CheckpointError(f"checkpoint {path} is unreadable or carries code: "
-                                  f"{str(exc).splitlines()[0][:160]}") from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not a renas-db checkpoint")
-        return payload
+        return decode(data, str(path), sha256)
 
     def verify(self, uri: str, sha256: str) -> bool:
         try:
             return hashlib.sha256(self.path(uri).read_bytes()).hexdigest() == sha256
         except (OSError, CheckpointError):
             return False
+
+    def damaged(self, uri: str, sha256: str | None) -> bool:
+        try:
+            if not self.root.is_dir():
+                return False  # the mount is away: an outage
+            data = self.path(uri).read_bytes()
+        except FileNotFoundError:
+            return True
+        except (OSError, CheckpointError):
+            return False
+        return sha256 is not None and hashlib.sha256(data).hexdigest() != sha256
 
     def delete(self, uri: str) -> None:
         try:
@@ -103,11 +178,29 @@ class CheckpointStore:
                 continue
         return removed
 
+    def probe(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        probe = self.root / f"{TMP_PREFIX}probe-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"renas-db probe")
+        probe.unlink()
 
-def store_for(job: ClaimedJob, root_override: str | None) -> CheckpointStore:
+
+def open_store(root: str | Path) -> CheckpointStorage:
+    """The store of a checkpoint root, picked by its scheme: `s3://bucket/prefix` is
+    object storage (boto3, the `renas-db[s3]` extra), anything else a folder. S3 stores
+    are kept per root, so a process makes one client per bucket."""
+    text = str(root)
+    if store_roots.is_s3(text):
+        from renas_db.s3store import shared_store
+        return shared_store(text)
+    store_roots.check(text)  # another scheme: one clear line
+    return CheckpointStore(root)
+
+
+def store_for(job: ClaimedJob, root_override: str | None) -> CheckpointStorage:
     """The store of the job's search, or of this host's override of its root (a shared
-    mount seen under another path on this machine)."""
-    return CheckpointStore(root_override or job.checkpoint_root)
+    mount seen under another path on this machine, or another bucket or prefix)."""
+    return open_store(root_override or job.checkpoint_root)
 
 
 def _fsync_dir(path: Path) -> None:

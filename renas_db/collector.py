@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from renas_db.checkpoints import CheckpointStore, store_for
+from renas_db.checkpoints import CheckpointStorage, store_for
 from renas_db.db import gc
 from renas_db.db.session import Store
 from renas_db.jobs import ClaimedJob
@@ -22,7 +22,7 @@ class CheckpointCollector:
         self.checkpoint_root = checkpoint_root  # this host's override of the search's root
         self.commits = 0
 
-    def checkpoints(self, job: ClaimedJob) -> CheckpointStore:
+    def checkpoints(self, job: ClaimedJob) -> CheckpointStorage:
         return store_for(job, self.checkpoint_root)
 
     def discard(self, job: ClaimedJob, uri: str | None) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from renas_db import store_roots
 from renas_db.datasets import DATASETS
 from renas_db.errors import ConfigError
 from renas_db.mutators import MUTATORS
@@ -72,7 +73,8 @@ class SearchConfig:
                    lo=0, hi=2**31 - 1)
     init_seed: int | None = _f(None, "seed of the initial population only (default: seed)",
                                lo=0, hi=2**31 - 1, optional=True)
-    checkpoint_root: str = _f("checkpoints", "folder of the checkpoint store")
+    checkpoint_root: str = _f("checkpoints", "checkpoint store: a folder every worker "
+                              "sees, or s3://bucket/prefix (object storage; renas-db[s3])")
     controller_hidden: int = _f(100, "controller embedding and LSTM hidden size", lo=1, hi=4096)
     controller_lr: float = _f(1e-3, "controller Adam learning rate", lo=0.0, hi=1.0)
     entropy_weight: float = _f(0.1, "controller entropy bonus", lo=0.0, hi=100)
@@ -98,6 +100,7 @@ class SearchConfig:
         if self.sample > self.population:
             raise ConfigError(
                 f"sample ({self.sample}) must not exceed population ({self.population})")
+        store_roots.check(self.checkpoint_root)
 
     # -- conversions -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

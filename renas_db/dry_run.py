@@ -9,7 +9,7 @@ import threading
 import time
 
 from renas_db import space
-from renas_db.checkpoints import CheckpointStore, store_for
+from renas_db.checkpoints import CheckpointStorage, store_for
 from renas_db.controller import controller_config
 from renas_db.errors import TrainingStopped
 from renas_db.jobs import ClaimedJob, JobKind, JobResult, Progress, checkpoint_uri
@@ -42,7 +42,7 @@ class DryRunExecutor:
         self.checkpoint_root = checkpoint_root
         self.seconds = seconds
 
-    def checkpoints(self, job: ClaimedJob) -> CheckpointStore:
+    def checkpoints(self, job: ClaimedJob) -> CheckpointStorage:
         return store_for(job, self.checkpoint_root)
 
     def run(self, job: ClaimedJob, mutator: Mutator | None, progress: Progress | None,

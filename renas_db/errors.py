@@ -69,3 +69,9 @@ class TrainingStopped(RenasError):
 
 class MissingDependency(RenasError):
     """A program or package a command needs is not installed (e.g. Graphviz's dot)."""
+
+
+class StorageError(RenasError, OSError):
+    """The checkpoint store refused a request (credentials, a missing bucket, no
+    permission) or stayed away past its retries. An OSError too, like a folder's I/O
+    error: the callers that tolerate a folder that is away tolerate it the same way."""

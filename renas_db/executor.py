@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 
 from renas_db import space
-from renas_db.checkpoints import CheckpointStore, store_for
+from renas_db.checkpoints import CheckpointStorage, store_for
 from renas_db.controller import controller_config
 from renas_db.data import Dataset, load_dataset
 from renas_db.errors import RenasError
@@ -65,7 +65,7 @@ class TrainingExecutor:
         self.timings = timings
         self._datasets: dict[tuple[str, str | None], Dataset] = {}
 
-    def checkpoints(self, job: ClaimedJob) -> CheckpointStore:
+    def checkpoints(self, job: ClaimedJob) -> CheckpointStorage:
         return store_for(job, self.checkpoint_root)
 
     def dataset(self, name: str, data_dir: str | None) -> Dataset:

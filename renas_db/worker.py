@@ -6,7 +6,6 @@ controller's snapshot cache and update are renas_db/shared_controller.py's, and 
 checkpoints is renas_db/collector.py's."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -334,17 +333,8 @@ class Worker:
             return False
         if not parent.checkpoint_uri:
             return True
-        files = self.collector.checkpoints(job)
-        try:
-            if not files.root.is_dir():
-                return False
-            data = files.path(parent.checkpoint_uri).read_bytes()
-        except FileNotFoundError:
-            return True
-        except (OSError, CheckpointError):
-            return False
-        return parent.checkpoint_sha256 is not None and \
-            hashlib.sha256(data).hexdigest() != parent.checkpoint_sha256
+        return self.collector.checkpoints(job).damaged(parent.checkpoint_uri,
+                                                       parent.checkpoint_sha256)
 
     def _fail(self, job: ClaimedJob, text: str, exc_info: bool = False) -> None:
         log.error("job %d failed: %s", job.id, text, exc_info=exc_info)

@@ -152,3 +152,29 @@ def pg_url():  # type: ignore[no-untyped-def]
     url = new_pg_url()
     yield url
     drop_pg(url)
+
+
+@pytest.fixture(scope="session")
+def s3_server():  # type: ignore[no-untyped-def]
+    """moto's standalone S3 server behind a TCP proxy, one per test process."""
+    pytest.importorskip("boto3")
+    pytest.importorskip("moto.server")
+    from tests.s3server import S3
+    server = S3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):  # type: ignore[no-untyped-def]
+    """A fresh bucket; this process and the workers it spawns reach it through the
+    standard AWS environment (its endpoint is the proxy's)."""
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    s3_server.bucket = s3_server.new_bucket()
+    yield s3_server
+    s3_server.proxy.cut_answers = 0
+    if s3_server.proxy._listener is None:
+        s3_server.proxy.open()

@@ -9,6 +9,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
+from renas_db import store_roots
 from renas_db.config import SearchConfig
 from renas_db.db.models import Event, Individual, Job, Search, Worker, db_now
 from renas_db.db.session import Store
@@ -35,7 +36,10 @@ def get_search(session: Session, name: str) -> Search:
 
 def absolute_root(config: SearchConfig) -> SearchConfig:
     """The config with checkpoint_root made absolute against this process's folder (a
-    relative root would be resolved against each worker's own current folder)."""
+    relative root would be resolved against each worker's own current folder). An
+    s3:// root is kept as it is."""
+    if store_roots.is_uri(config.checkpoint_root):
+        return config
     root = os.path.abspath(os.path.expanduser(config.checkpoint_root))
     return config if root == config.checkpoint_root else config.replace(checkpoint_root=root)
 
@@ -145,6 +149,13 @@ def active_search_ids(store: Store, name: str | None) -> list[int]:
             Search.status.in_(ACTIVE_STATUSES)
             | (Search.status == SearchStatus.FINISHED) & Search.id.in_(retrain))
             .order_by(Search.id)))
+
+
+def checkpoint_roots(store: Store, search_ids: Sequence[int]) -> list[str]:
+    """The checkpoint roots of these searches, each once."""
+    with store.transaction(write=False) as s:
+        return sorted(set(s.scalars(select(Search.checkpoint_root).where(
+            Search.id.in_(list(search_ids))))))
 
 
 def has_work(store: Store, search_id: int) -> bool:

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from renas_db.checkpoints import CheckpointStore
+from renas_db.checkpoints import open_store
 from renas_db.db.admin import get_search
 from renas_db.db.models import ControllerSnapshot, Episode, Event, Individual, Job, Worker
 from renas_db.db.session import Store
@@ -193,7 +193,7 @@ def check_invariants(store: Store, name: str, checkpoint_root: str | None = None
             Individual.search_id == sid, Individual.alive.is_(True),
             Individual.origin != Origin.RETRAIN)).all()
         root = checkpoint_root or search.checkpoint_root
-    store_ = CheckpointStore(root)
+    store_ = open_store(root)  # a folder or s3://: objects are hashed like files
     for ind_id, uri, sha, quarantined in rows:
         if not uri or not sha or not store_.verify(uri, sha):
             note = "; quarantined: never a parent, removable as a victim" if quarantined \
