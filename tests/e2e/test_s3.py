@@ -15,8 +15,8 @@ from sqlalchemy import select
 from renas_db.checkpoints import open_store
 from renas_db.db import gc
 from renas_db.db.models import Individual, Job, Search, Worker
-from renas_db.db.session import Store
 from renas_db.db.schema import upgrade
+from renas_db.db.session import Store
 from tests.e2e.common import assert_invariants, count, events, search_status
 from tests.helpers import (
     TINY,
