@@ -55,6 +55,7 @@ bench: install $(FASHION)
 	$(PY) bench/coordination.py --ks 1,2,4,8 --cycles 100
 	$(PY) bench/history_scaling.py --sizes 1000,10000,100000 --cycles 200
 	$(PY) bench/worker_overhead.py
+	$(PY) bench/checkpoint_store.py
 	$(PY) bench/search_quality.py --mode quick
 
 clean:
