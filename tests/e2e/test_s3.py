@@ -152,6 +152,11 @@ def test_an_s3_outage_mid_search_is_ridden_out(sqlite_url, s3, tmp_path):
     assert_invariants(sqlite_url, "o3", tmp_path)
     # the victims' objects went with them (after each commit; every 10th the scan)
     _assert_only_alive_objects_left(s3, store, "o3")
+    # a tampered object is a finding of `check`, as a tampered file is
+    key = sorted(_alive(store, "o3"))[0]
+    s3.client().put_object(Bucket=s3.bucket, Key=key, Body=b"tampered")
+    r = run_cli("check", "o3", db_url=sqlite_url, cwd=str(tmp_path))
+    assert r.code == 1 and "violated invariant 4" in r.out, r.out + r.err
     store.dispose()
 
 
@@ -188,4 +193,30 @@ def test_wrong_credentials_a_missing_bucket_or_no_boto3_is_one_line(sqlite_url, 
     r = run_cli(*args, db_url=sqlite_url, cwd=str(tmp_path))
     assert r.code == 0, r.err
     assert search_status(store, "c3") == "finished"
+    store.dispose()
+
+
+def test_a_lost_parent_object_is_quarantined_as_a_lost_file_is(sqlite_url, s3, tmp_path):
+    root = f"s3://{s3.bucket}/{PREFIX}"
+    # sample = population: every step's parent is the fittest individual
+    _create(sqlite_url, "q3", root, tmp_path, "--population", "3", "--sample", "3",
+            "--steps", "4", "--mutator", "random", "--blocks", "2")
+    store = Store(sqlite_url)
+    r = run_cli("worker", "--search", "q3", "--dry-run", "0", "--max-jobs", "3",
+                db_url=sqlite_url, cwd=str(tmp_path))
+    assert r.code == 0, r.err
+    with store.transaction(write=False) as s:
+        best, uri = s.execute(select(Individual.id, Individual.checkpoint_uri)
+                              .order_by(Individual.fitness.desc(), Individual.id)).first()
+    s3.client().delete_object(Bucket=s3.bucket, Key=f"{PREFIX}/{uri}")
+    r = run_cli("worker", "--search", "q3", "--dry-run", "0", db_url=sqlite_url,
+                cwd=str(tmp_path))
+    assert r.code == 0, r.err
+    assert search_status(store, "q3") == "finished"
+    assert events(store, "parent quarantined") == 1
+    assert count(store, Individual, Individual.id == best,
+                 Individual.quarantined.is_(True)) == 1
+    assert count(store, Job, Job.kind == "step", Job.state == "done") == 4
+    r = run_cli("check", "q3", db_url=sqlite_url, cwd=str(tmp_path))
+    assert r.code == 1 and "quarantined" in r.out and f"individual {best}" in r.out, r.out
     store.dispose()
