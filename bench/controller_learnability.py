@@ -210,7 +210,8 @@ class Surrogate:
         return min(max(f, 0.0), 1.0)
 
 
-BASE = ControllerConfig(input_attention="concat", entropy_in="loss", seed_encoder=False)
+BASE = ControllerConfig(input_attention="concat", entropy_in="loss", seed_encoder=False,
+                        init="small-normal")
 PAPER = ControllerConfig()
 VARIANTS: dict[str, ControllerConfig] = {
     "old (before this change)": BASE,
@@ -224,6 +225,8 @@ VARIANTS: dict[str, ControllerConfig] = {
     "paper + gain": replace(PAPER, reward_mode="gain"),
     "paper + gain + batch 5": replace(PAPER, reward_mode="gain", batch=5),
     "paper + gain + batch 20": replace(PAPER, reward_mode="gain", batch=20),
+    "paper + small-normal init": replace(PAPER, init="small-normal"),
+    "paper + raw attention": replace(PAPER, input_attention="additive-raw"),
 }
 
 

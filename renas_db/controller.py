@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from renas_db.errors import RenasError, SnapshotError
@@ -23,13 +24,17 @@ from renas_db.space import (
     vocab_size,
 )
 
-# Format 2: additive input attention, the encoder seeded with the begin state, the
-# reward definition and the episodes waiting for the next batched update.
-SNAPSHOT_FORMAT = "renas-controller-2"
+# Format 3: the input attention's query and key each normalised before they are added
+# (format 2 added them raw: its weights mean something else under format 3).
+SNAPSHOT_FORMAT = "renas-controller-3"
 OLD_FORMATS = {"renas-controller-1": "its input mutator scored candidates with "
-                                     "Linear([h_slot; h_cand]), which cannot tell IN1 from IN2"}
+                                     "Linear([h_slot; h_cand]), which cannot tell IN1 from IN2",
+               "renas-controller-2": "its input attention added unnormalised queries and "
+                                     "keys, whose tanh saturates so that IN1 and IN2 end up "
+                                     "preferring the same input"}
 
-INPUT_ATTENTION = ("additive", "concat")
+INPUT_ATTENTION = ("additive", "additive-raw", "concat")
+INITS = ("uniform", "small-normal")
 ENTROPY_IN = ("reward", "loss")
 REWARDS = ("child", "gain")
 
@@ -53,15 +58,21 @@ class ControllerConfig:
     # advantage judges the mutation rather than the parent it was applied to
     reward_mode: str = "child"
     # The paper's forms. The alternatives are kept for the learnability study only:
-    # "concat" is Linear([h_slot; h_cand]) (the slot term cancels in the softmax);
-    # entropy_in="loss" puts the entropy bonus in the loss instead of the reward.
+    # "additive-raw" is v . tanh(W_q h_slot + W_c h_cand) without the normalisation of
+    # query and key; "concat" is Linear([h_slot; h_cand]) (the slot term cancels in the
+    # softmax); entropy_in="loss" puts the entropy bonus in the loss instead of the reward.
     input_attention: str = "additive"
     entropy_in: str = "reward"
     seed_encoder: bool = True
+    # "uniform": every weight U(-0.1, 0.1), as ENAS's controller; "small-normal": N(0, 0.01),
+    # this controller's first initialisation (kept for the study), under which the LSTM
+    # states that tell the slots apart start at about 1e-3
+    init: str = "uniform"
 
     def __post_init__(self) -> None:
         for name, allowed in (("input_attention", INPUT_ATTENTION),
-                              ("entropy_in", ENTROPY_IN), ("reward_mode", REWARDS)):
+                              ("entropy_in", ENTROPY_IN), ("reward_mode", REWARDS),
+                              ("init", INITS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}")
         if self.batch < 1:
@@ -108,8 +119,9 @@ class Decision:
 class MutationController(nn.Module):
     """Embedding -> BiLSTM over the 5B tokens (its initial state seeded with the begin
     state of cell c-1); per block a router picks the slot to change, then the input
-    mutator (additive attention of the slot over the candidate inputs) or the op mutator
-    proposes its new value."""
+    mutator (additive attention of the slot over the candidate inputs,
+    v . tanh(n(W_q h_slot) + n(W_c h_cand)) with n a layer normalisation without gain) or
+    the op mutator proposes its new value."""
 
     def __init__(self, config: ControllerConfig) -> None:
         super().__init__()
@@ -119,7 +131,7 @@ class MutationController(nn.Module):
         self.encoder = nn.LSTM(h, h, batch_first=True, bidirectional=True)
         self.begin_states = nn.Parameter(torch.zeros(2, 2 * h))  # cell c-2, cell c-1
         self.router = nn.Linear(2 * h, 1)
-        if config.input_attention == "additive":
+        if config.input_attention != "concat":
             # v . tanh(W_q h_slot + W_c h_cand): the slot term survives the tanh, so
             # IN1 and IN2 of one block can prefer different inputs
             self.input_query = nn.Linear(2 * h, h, bias=False)
@@ -129,7 +141,10 @@ class MutationController(nn.Module):
             self.input_mutator = nn.Linear(4 * h, 1)
         self.op_mutator = nn.Linear(2 * h, len(OPS))
         for p in self.parameters():
-            nn.init.normal_(p, 0.0, 0.01)
+            if config.init == "uniform":
+                nn.init.uniform_(p, -0.1, 0.1)
+            else:
+                nn.init.normal_(p, 0.0, 0.01)
 
     def _shape(self, logits: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -155,14 +170,27 @@ class MutationController(nn.Module):
         attention's tanh, after which every query scores it the same."""
         return torch.tanh(self.begin_states)
 
-    def input_logits(self, h_slot: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        if self.config.input_attention == "additive":
-            scores = self.input_score(torch.tanh(self.input_query(h_slot)
-                                                 + self.input_key(candidates)))
-        else:
+    def input_scores(self, h_slot: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """The input scorer's score of each candidate for this slot, before the shaping.
+
+        Additive: query and key are each scaled to zero mean and unit RMS over their units
+        before they are added. Raw, a key can grow until tanh(query + key) is saturated in
+        every unit for every slot: that candidate then scores the ceiling sum |v_i| for
+        IN1 and IN2 alike, and the saturated tanh passes no gradient to undo it for one
+        slot (docs/design.md, "The input mutator"). Normalised, neither term can outgrow
+        the other and their sum stays where the tanh is not flat."""
+        form = self.config.input_attention
+        if form == "concat":
             pair = torch.cat([h_slot.expand(len(candidates), -1), candidates], dim=1)
-            scores = self.input_mutator(pair)
-        return self._shape(scores.squeeze(-1))
+            return self.input_mutator(pair).squeeze(-1)
+        query, key = self.input_query(h_slot), self.input_key(candidates)
+        if form == "additive":
+            query = F.layer_norm(query, query.shape[-1:])
+            key = F.layer_norm(key, key.shape[-1:])
+        return self.input_score(torch.tanh(query + key)).squeeze(-1)
+
+    def input_logits(self, h_slot: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return self._shape(self.input_scores(h_slot, candidates))
 
     def decide(self, genotype: Genotype, *, actions: Sequence[Action] | None = None,
                rng: random.Random | None = None) -> Decision:
