@@ -5,6 +5,7 @@ folder fsynced: a crash at any moment leaves either the whole file or none under
 name. Reads verify the sha256 and load with weights_only=True (no code can run)."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from renas_db.errors import CheckpointError
+from renas_db.errors import CheckpointError, CheckpointRootError, DiskFullError
 from renas_db.jobs import ClaimedJob
 
 FORMAT = "renas-checkpoint-1"
@@ -49,6 +50,31 @@ class CheckpointStore:
         _fsync_dir(path.parent)
         return hashlib.sha256(data).hexdigest()
 
+    def probe(self) -> None:
+        """Whether this host can use the store: the root made if missing, then a small
+        file written, fsynced, read back and deleted. CheckpointRootError (missing, not
+        writable) or DiskFullError, each one line."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise root_error(self.root, exc, "does not exist and cannot be created") \
+                from None
+        path = self.root / f"{TMP_PREFIX}probe-{uuid.uuid4().hex[:12]}"
+        data = b"renas-db probe\n"
+        try:
+            try:
+                with open(path, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                if path.read_bytes() != data:
+                    raise OSError(errno.EIO, "the probe file read back differs")
+            finally:
+                if path.exists():
+                    path.unlink()
+        except OSError as exc:
+            raise root_error(self.root, exc, "is not writable") from None
+
     def load(self, uri: str, sha256: str | None) -> dict[str, Any]:
         path = self.path(uri)
         try:
@@ -72,6 +98,9 @@ class CheckpointStore:
             return hashlib.sha256(self.path(uri).read_bytes()).hexdigest() == sha256
         except (OSError, CheckpointError):
             return False
+
+    def exists(self, uri: str) -> bool:
+        return self.path(uri).is_file()
 
     def delete(self, uri: str) -> None:
         try:
@@ -107,7 +136,20 @@ class CheckpointStore:
 def store_for(job: ClaimedJob, root_override: str | None) -> CheckpointStore:
     """The store of the job's search, or of this host's override of its root (a shared
     mount seen under another path on this machine)."""
-    return CheckpointStore(root_override or job.checkpoint_root)
+    return store_at(job.checkpoint_root, root_override)
+
+
+def store_at(root: str, root_override: str | None) -> CheckpointStore:
+    """The store of a search's checkpoint root, or of this host's override of it."""
+    return CheckpointStore(root_override or root)
+
+
+def root_error(root: Path, exc: OSError, what: str) -> CheckpointRootError | DiskFullError:
+    """The host error of an OSError at the checkpoint root: a full disk, else `what`."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"checkpoint root {root}: no space left ({reason})")
+    return CheckpointRootError(f"checkpoint root {root} {what} ({reason})")
 
 
 def _fsync_dir(path: Path) -> None:
