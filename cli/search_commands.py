@@ -61,8 +61,8 @@ def create_cmd(app: AppContext, name: str, config_file: str | None, **options: A
             f"`renas-db worker --search {name}`")
     if unreadable:
         message(f"warning: this machine cannot read dataset {config.dataset} ({unreadable}); "
-                f"the workers must (each checks before its first job; "
-                f"`renas-db worker --data-dir DIR` says where it lives on a host)")
+                f"created anyway: each worker checks it before its first job "
+                f"(`renas-db worker --data-dir DIR` says where it lives on that host)")
 
 
 def _dataset_unreadable(config: SearchConfig) -> str | None:

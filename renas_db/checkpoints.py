@@ -50,16 +50,18 @@ class CheckpointStore:
         _fsync_dir(path.parent)
         return hashlib.sha256(data).hexdigest()
 
-    def probe(self) -> None:
-        """Whether this host can use the store: the root made if missing, then a small
-        file written, fsynced, read back and deleted. CheckpointRootError (missing, not
-        writable) or DiskFullError, each one line."""
+    def probe(self, folder: str | None = None) -> None:
+        """Whether this host can use the store: the root (or its `folder`, a search's)
+        made if missing, then a small file written, fsynced, read back and deleted.
+        CheckpointRootError (missing, not writable) or DiskFullError, each one line."""
+        base = self.path(folder) if folder else self.root
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            base.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise root_error(self.root, exc, "does not exist and cannot be created") \
-                from None
-        path = self.root / f"{TMP_PREFIX}probe-{uuid.uuid4().hex[:12]}"
+            denied = exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+            raise root_error(base, exc, "is not writable (it cannot be made)" if denied
+                             else "does not exist and cannot be created") from None
+        path = base / f"{TMP_PREFIX}probe-{uuid.uuid4().hex[:12]}"
         data = b"renas-db probe\n"
         try:
             try:
@@ -73,7 +75,7 @@ class CheckpointStore:
                 if path.exists():
                     path.unlink()
         except OSError as exc:
-            raise root_error(self.root, exc, "is not writable") from None
+            raise root_error(base, exc, "is not writable") from None
 
     def load(self, uri: str, sha256: str | None) -> dict[str, Any]:
         path = self.path(uri)
@@ -144,12 +146,12 @@ def store_at(root: str, root_override: str | None) -> CheckpointStore:
     return CheckpointStore(root_override or root)
 
 
-def root_error(root: Path, exc: OSError, what: str) -> CheckpointRootError | DiskFullError:
-    """The host error of an OSError at the checkpoint root: a full disk, else `what`."""
+def root_error(folder: Path, exc: OSError, what: str) -> CheckpointRootError | DiskFullError:
+    """The host error of an OSError at a checkpoint folder: a full disk, else `what`."""
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"checkpoint root {root}: no space left ({reason})")
-    return CheckpointRootError(f"checkpoint root {root} {what} ({reason})")
+        return DiskFullError(f"checkpoint folder {folder}: no space left ({reason})")
+    return CheckpointRootError(f"checkpoint folder {folder} {what} ({reason})")
 
 
 def _fsync_dir(path: Path) -> None:

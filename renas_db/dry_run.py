@@ -27,6 +27,15 @@ def dry_fitness(genotype: space.Genotype) -> float:
 
 FAIL_FILE = "RENAS_DRY_RUN_FAIL_FILE"
 HANG_FILE = "RENAS_DRY_RUN_HANG_FILE"
+FAIL_GENOTYPE = "RENAS_DRY_RUN_FAIL_GENOTYPE"
+
+
+def _injected_job_fault(genotype: space.Genotype) -> None:
+    """An error of the job itself, which tests control from outside: training the
+    genotype named by RENAS_DRY_RUN_FAIL_GENOTYPE raises (as a network that diverges or
+    runs out of memory would)."""
+    if os.environ.get(FAIL_GENOTYPE) == genotype.to_text():
+        raise RuntimeError(f"injected fault: training {genotype.to_text()} raised")
 
 
 def _injected_faults() -> None:
@@ -71,6 +80,7 @@ class DryRunExecutor:
         else:
             assert job.genotype is not None
             genotype = space.parse(job.genotype)
+        _injected_job_fault(genotype)
         _injected_faults()
         start = time.monotonic()
         deadline = start + self.seconds

@@ -303,7 +303,7 @@ class Worker:
         of its newest alive individuals' files visible: an empty mount point is not the
         shared folder."""
         files = self._store_of(root)
-        files.probe()
+        files.probe(name)  # the search's folder: every key of a search starts with its name
         uris = [u for u in retrying("checkpoints", gc.recent_checkpoints, self.store, sid)
                 if u != besides]
         if uris and not any(files.exists(u) for u in uris):
