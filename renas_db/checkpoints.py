@@ -59,7 +59,7 @@ class CheckpointStore:
             base.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             denied = exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
-            raise root_error(base, exc, "is not writable (it cannot be made)" if denied
+            raise root_error(base, exc, "cannot be made: its folder is not writable" if denied
                              else "does not exist and cannot be created") from None
         path = base / f"{TMP_PREFIX}probe-{uuid.uuid4().hex[:12]}"
         data = b"renas-db probe\n"

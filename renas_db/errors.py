@@ -74,7 +74,7 @@ class DeviceError(HostError):
 class CheckpointRootError(HostError):
     """The checkpoint root is missing (and cannot be made) or is not writable."""
     cause = "checkpoint root"
-    fix = ("mount or create the shared checkpoint folder on this host, or give this worker "
+    fix = ("mount the shared checkpoint folder on this host, writable, or give this worker "
            "where it lives here with `renas-db worker --checkpoint-root DIR`")
 
 
