@@ -54,10 +54,27 @@ def create_cmd(app: AppContext, name: str, config_file: str | None, **options: A
     from renas_db import searches
     config = build_config(config_file, options)
     store = app.store()
+    unreadable = _dataset_unreadable(config)
     searches.create(store, name, config)
     message(f"search {name} created: P={config.population} S={config.sample} "
             f"E={config.steps} mutator={config.mutator}; start workers with "
             f"`renas-db worker --search {name}`")
+    if unreadable:
+        message(f"warning: this machine cannot read dataset {config.dataset} ({unreadable}); "
+                f"created anyway: each worker checks it before its first job "
+                f"(`renas-db worker --data-dir DIR` says where it lives on that host)")
+
+
+def _dataset_unreadable(config: SearchConfig) -> str | None:
+    """Why this machine cannot read the search's dataset (its files' headers, no torch),
+    or None when it can."""
+    from renas_db.datasets import dataset_info
+    from renas_db.errors import DataError
+    try:
+        dataset_info(config.dataset).check_files(config.data_dir)
+    except DataError as exc:
+        return str(exc)
+    return None
 
 
 @search.command("list")

@@ -64,6 +64,9 @@ def _progress_factory() -> ProgressFactory | None:
 @click.option("--max-jobs", type=click.IntRange(1), help="Exit after this many jobs.")
 @click.option("--checkpoint-root", help="Override the search's checkpoint root (e.g. a "
               "shared mount seen under another path on this machine, or s3://bucket/prefix).")
+@click.option("--data-dir", "data_dirs", multiple=True, metavar="[NAME=]DIR",
+              help="Where the data lives on this machine, overriding the search's "
+              "--data-dir: DIR for every dataset, NAME=DIR for one (repeatable).")
 @click.option("--poll", "poll_seconds", type=float, default=1.0, show_default=True,
               help="Seconds between claims when there is no work.")
 @click.option("--idle-exit", type=float, help="Exit after this many seconds without work.")
@@ -74,12 +77,18 @@ def _progress_factory() -> ProgressFactory | None:
 @pass_app
 def worker_cmd(app: AppContext, search_name: str | None, gpu: int | None, cpu: bool,
                threads: int | None, max_jobs: int | None, checkpoint_root: str | None,
-               poll_seconds: float, idle_exit: float | None, stats_json: str | None,
-               dry_run_seconds: float | None) -> None:
+               data_dirs: tuple[str, ...], poll_seconds: float, idle_exit: float | None,
+               stats_json: str | None, dry_run_seconds: float | None) -> None:
     """Claim and run jobs until the searches finish (Ctrl-C releases the job and stops).
+
+    Before its first claim from a search the worker checks it can serve it (the device
+    works, the dataset loads, the checkpoint root takes a probe write); a search it
+    cannot serve it never claims from, and it exits with one line saying why when no
+    search it can serve is left.
 
     Example: renas-db --db postgresql://renas@db/renas worker --gpu 0
     """
+    from renas_db.datasets import parse_data_dirs
     from renas_db.worker import Worker, WorkerOptions
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"%(asctime)s worker[{os.getpid()}] %(message)s"))
@@ -91,11 +100,11 @@ def worker_cmd(app: AppContext, search_name: str | None, gpu: int | None, cpu: b
     from renas_db.db.admin import active_search_ids
     from renas_db.retry import retrying
     # an unknown search: one clear error
-    ids = retrying("list searches", active_search_ids, store, search_name)
-    _probe_object_stores(store, ids, checkpoint_root)
+    retrying("list searches", active_search_ids, store, search_name)
     options = WorkerOptions(search=search_name, device=_device(gpu, cpu), threads=threads,
                             max_jobs=max_jobs, checkpoint_root=checkpoint_root,
-                            poll_seconds=poll_seconds, idle_exit_seconds=idle_exit,
+                            data_dirs=parse_data_dirs(data_dirs), poll_seconds=poll_seconds,
+                            idle_exit_seconds=idle_exit,
                             stats_json=stats_json, dry_run_seconds=dry_run_seconds)
     worker = Worker(store, options, progress_factory=_progress_factory())
     worker.install_signal_handlers()
@@ -103,21 +112,9 @@ def worker_cmd(app: AppContext, search_name: str | None, gpu: int | None, cpu: b
     total = sum(s.timings.values()) or 1.0
     outside = total - sum(s.timings.get(p, 0.0) for p in ("train", "recalibrate", "evaluate"))
     message(f"worker {s.worker_id}: {s.jobs_done} jobs done, {s.jobs_failed} failed, "
-            f"{s.leases_lost} leases lost, {s.wall_seconds:.1f}s; "
+            + (f"{s.jobs_given_back} given back, " if s.jobs_given_back else "")
+            + f"{s.leases_lost} leases lost, {s.wall_seconds:.1f}s; "
             f"{100 * outside / total:.1f}% of job time outside train/recalibrate/evaluate")
-
-
-def _probe_object_stores(store: Store, search_ids: list[int], override: str | None) -> None:
-    """Object-storage roots are probed (a small object written and deleted) before the
-    first claim: a missing bucket or refused credentials end the worker with one line
-    instead of failing every job it claims."""
-    from renas_db import store_roots
-    from renas_db.checkpoints import open_store
-    from renas_db.db.admin import checkpoint_roots
-    roots = [override] if override else checkpoint_roots(store, search_ids)
-    for root in roots:
-        if store_roots.is_s3(root):
-            open_store(root).probe()
 
 
 def _worker_command(app: AppContext, name: str, device: str, threads: int) -> list[str]:
@@ -261,6 +258,9 @@ def _status_table(st: dict[str, Any]) -> Table:
     for w in st["workers"]:
         rows.append((f"worker {w['worker']} ({w['host']}:{w['pid']} {w['device']})",
                      f"job {w['job']} {w['kind']} {w['index']} attempt {w['attempt']}"))
+    for w in st.get("unfit_workers", []):
+        rows.append((f"unfit worker {w['worker']} ({w['host']}:{w['pid']} {w['device']}, "
+                     f"{w['state']})", w["why"]))
     t.add_column()
     t.add_column()
     for k, v in rows:

@@ -9,6 +9,7 @@ folder fsynced: a crash at any moment leaves either the whole file or none under
 name. Reads verify the sha256 and load with weights_only=True (no code can run)."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from renas_db import store_roots
-from renas_db.errors import CheckpointError
+from renas_db.errors import CheckpointError, CheckpointRootError, DiskFullError
 from renas_db.jobs import ClaimedJob
 
 FORMAT = "renas-checkpoint-1"
@@ -61,8 +62,12 @@ class CheckpointStorage(Protocol):
         period; return their names."""
         ...
 
-    def probe(self) -> None:
-        """Write and delete a small object: the root is writable (raises otherwise)."""
+    def probe(self, folder: str | None = None) -> None:
+        """Write, read back and delete a small object at the root (or in its `folder`, a
+        search's): this host can use the store. Raises a one-line error otherwise."""
+        ...
+
+    def exists(self, uri: str) -> bool:
         ...
 
 
@@ -123,6 +128,33 @@ class CheckpointStore:
         _fsync_dir(path.parent)
         return sha
 
+    def probe(self, folder: str | None = None) -> None:
+        """Whether this host can use the store: the root (or its `folder`, a search's)
+        made if missing, then a small file written, fsynced, read back and deleted.
+        CheckpointRootError (missing, not writable) or DiskFullError, each one line."""
+        base = self.path(folder) if folder else self.root
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            denied = exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+            raise root_error(base, exc, "cannot be made: its folder is not writable" if denied
+                             else "does not exist and cannot be created") from None
+        path = base / f"{TMP_PREFIX}probe-{uuid.uuid4().hex[:12]}"
+        data = b"renas-db probe\n"
+        try:
+            try:
+                with open(path, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                if path.read_bytes() != data:
+                    raise OSError(errno.EIO, "the probe file read back differs")
+            finally:
+                if path.exists():
+                    path.unlink()
+        except OSError as exc:
+            raise root_error(base, exc, "is not writable") from None
+
     def load(self, uri: str, sha256: str | None) -> dict[str, Any]:
         path = self.path(uri)
         try:
@@ -147,6 +179,9 @@ class CheckpointStore:
         except (OSError, CheckpointError):
             return False
         return sha256 is not None and hashlib.sha256(data).hexdigest() != sha256
+
+    def exists(self, uri: str) -> bool:
+        return self.path(uri).is_file()
 
     def delete(self, uri: str) -> None:
         try:
@@ -178,11 +213,6 @@ class CheckpointStore:
                 continue
         return removed
 
-    def probe(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        probe = self.root / f"{TMP_PREFIX}probe-{uuid.uuid4().hex[:8]}"
-        probe.write_bytes(b"renas-db probe")
-        probe.unlink()
 
 
 def open_store(root: str | Path) -> CheckpointStorage:
@@ -200,7 +230,20 @@ def open_store(root: str | Path) -> CheckpointStorage:
 def store_for(job: ClaimedJob, root_override: str | None) -> CheckpointStorage:
     """The store of the job's search, or of this host's override of its root (a shared
     mount seen under another path on this machine, or another bucket or prefix)."""
-    return open_store(root_override or job.checkpoint_root)
+    return store_at(job.checkpoint_root, root_override)
+
+
+def store_at(root: str, root_override: str | None) -> CheckpointStorage:
+    """The store of a search's checkpoint root, or of this host's override of it."""
+    return open_store(root_override or root)
+
+
+def root_error(folder: Path, exc: OSError, what: str) -> CheckpointRootError | DiskFullError:
+    """The host error of an OSError at a checkpoint folder: a full disk, else `what`."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"checkpoint folder {folder}: no space left ({reason})")
+    return CheckpointRootError(f"checkpoint folder {folder} {what} ({reason})")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -15,13 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from renas_db.data_files import CIFAR_HINT, FASHION_HINT, cifar_folder
 from renas_db.datasets import DatasetInfo, dataset_info
 from renas_db.errors import DataError
 
-FASHION_HINT = ("install it with `apt-get install dataset-fashion-mnist` or point "
-                "--data-dir at a folder with the four idx files")
-CIFAR_HINT = ("download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, "
-              "unpack it and pass --data-dir")
 VALIDATION_SEED = 12345  # the validation split is the same for every search
 
 
@@ -172,11 +169,7 @@ def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load_cifar10(data_dir: str | None) -> Dataset:
     info = dataset_info("cifar10")
-    if not data_dir:
-        raise DataError(f"cifar10 needs --data-dir; {CIFAR_HINT}")
-    folder = Path(data_dir)
-    if (folder / "cifar-10-batches-py").is_dir():
-        folder = folder / "cifar-10-batches-py"
+    folder = cifar_folder(data_dir)
     xs, ys = zip(*(_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)))
     x, y = torch.cat(xs), torch.cat(ys)
     xt, yt = _read_cifar_batch(folder / "test_batch")

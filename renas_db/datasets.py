@@ -8,7 +8,7 @@ for torch. Loaders are named as "module:function" and imported only when called.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,6 +36,9 @@ class DatasetInfo:
     default_dir: str | None = None
     needs_data_dir: bool = False  # no standard place: the user must pass --data-dir
     description: str = ""
+    # "module:function(data_dir, default_dir)" (no torch): raises DataError unless this
+    # machine can read the files; None = nothing to read (generated data)
+    checker: str | None = None
 
     def __post_init__(self) -> None:
         module, _, function = self.loader.partition(":")
@@ -51,6 +54,13 @@ class DatasetInfo:
                                                           function)
         return loader
 
+    def check_files(self, data_dir: str | None) -> None:
+        """DataError unless this machine can read the dataset's files (cheap: headers
+        only, no torch)."""
+        if self.checker:
+            module, _, function = self.checker.partition(":")
+            getattr(importlib.import_module(module), function)(data_dir, self.default_dir)
+
 
 def _register(*infos: DatasetInfo) -> dict[str, DatasetInfo]:
     return {info.name: info for info in infos}
@@ -61,12 +71,14 @@ DATASETS: dict[str, DatasetInfo] = _register(
         name="fashion-mnist", in_channels=1, image_size=28, num_classes=10,
         loader="renas_db.data:load_fashion_mnist", augment_pad=2, augment_flip=True,
         default_dir="/usr/share/datasets/fashion-mnist",
-        description="Fashion-MNIST, the four idx files (gzipped or not)"),
+        description="Fashion-MNIST, the four idx files (gzipped or not)",
+        checker="renas_db.data_files:check_fashion_mnist"),
     DatasetInfo(
         name="cifar10", in_channels=3, image_size=32, num_classes=10,
         loader="renas_db.data:load_cifar10", augment_pad=4, augment_flip=True,
         needs_data_dir=True,
-        description="CIFAR-10, the python batches of cifar-10-python.tar.gz"),
+        description="CIFAR-10, the python batches of cifar-10-python.tar.gz",
+        checker="renas_db.data_files:check_cifar10"),
     DatasetInfo(
         name="synthetic", in_channels=1, image_size=16, num_classes=10,
         loader="renas_db.data:load_synthetic", augment_pad=1, augment_flip=False,
@@ -79,3 +91,24 @@ def dataset_info(name: str) -> DatasetInfo:
         return DATASETS[name]
     except KeyError:
         raise ConfigError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})") from None
+
+
+def data_dir_for(name: str, configured: str | None, overrides: Mapping[str, str]) -> str | None:
+    """Where this host reads dataset `name`: a worker's `--data-dir NAME=DIR` for it, else
+    its plain `--data-dir DIR`, else the folder the search (or recipe) names."""
+    return overrides.get(name) or overrides.get("*") or configured
+
+
+def parse_data_dirs(values: Sequence[str]) -> dict[str, str]:
+    """`--data-dir` values: `DIR` (every dataset) or `NAME=DIR` (one dataset)."""
+    dirs: dict[str, str] = {}
+    for v in values:
+        name, sep, folder = v.partition("=")
+        if sep and name in DATASETS:
+            dirs[name] = folder
+        elif "*" in dirs:
+            raise ConfigError(f"--data-dir {v!r}: a folder for every dataset is given already "
+                              f"({dirs['*']!r}); use NAME=DIR for one dataset")
+        else:
+            dirs["*"] = v
+    return dirs

@@ -7,10 +7,14 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Mapping
 
 from renas_db import space
 from renas_db.checkpoints import CheckpointStorage, store_for
+from renas_db.config import SearchConfig
 from renas_db.controller import controller_config
+from renas_db.data import load_dataset
+from renas_db.datasets import data_dir_for
 from renas_db.errors import TrainingStopped
 from renas_db.jobs import ClaimedJob, JobKind, JobResult, Progress, checkpoint_uri
 from renas_db.mutators import Mutator, mutation_rng
@@ -23,6 +27,15 @@ def dry_fitness(genotype: space.Genotype) -> float:
 
 FAIL_FILE = "RENAS_DRY_RUN_FAIL_FILE"
 HANG_FILE = "RENAS_DRY_RUN_HANG_FILE"
+FAIL_GENOTYPE = "RENAS_DRY_RUN_FAIL_GENOTYPE"
+
+
+def _injected_job_fault(genotype: space.Genotype) -> None:
+    """An error of the job itself, which tests control from outside: training the
+    genotype named by RENAS_DRY_RUN_FAIL_GENOTYPE raises (as a network that diverges or
+    runs out of memory would)."""
+    if os.environ.get(FAIL_GENOTYPE) == genotype.to_text():
+        raise RuntimeError(f"injected fault: training {genotype.to_text()} raised")
 
 
 def _injected_faults() -> None:
@@ -38,9 +51,17 @@ def _injected_faults() -> None:
 
 
 class DryRunExecutor:
-    def __init__(self, checkpoint_root: str | None, seconds: float = 0.0) -> None:
+    def __init__(self, checkpoint_root: str | None, seconds: float = 0.0,
+                 data_dirs: Mapping[str, str] | None = None) -> None:
         self.checkpoint_root = checkpoint_root
         self.seconds = seconds
+        self.data_dirs = dict(data_dirs or {})
+
+    def check(self, config: SearchConfig) -> None:
+        """The same dataset check as a training worker's (the data is loaded, on the CPU);
+        no device to probe."""
+        load_dataset(config.dataset, data_dir_for(config.dataset, config.data_dir,
+                                                  self.data_dirs))
 
     def checkpoints(self, job: ClaimedJob) -> CheckpointStorage:
         return store_for(job, self.checkpoint_root)
@@ -59,6 +80,7 @@ class DryRunExecutor:
         else:
             assert job.genotype is not None
             genotype = space.parse(job.genotype)
+        _injected_job_fault(genotype)
         _injected_faults()
         start = time.monotonic()
         deadline = start + self.seconds

@@ -47,12 +47,49 @@ class CheckpointError(RenasError):
     """A checkpoint is missing, tampered with, or does not match its genotype."""
 
 
-class DataError(RenasError):
+class HostError(RenasError):
+    """An error of this host, not of the job: its data, its checkpoint root, its device
+    or its disk. It never costs a job an attempt: the job goes back to the queue for
+    another worker, and this worker stops serving the search (docs/design.md, 3.4
+    "Fitness of a worker"). `cause` names it in the worker's one line; `fix` says what
+    to do on this host."""
+    cause = "host"
+    fix = "fix this host"
+
+
+class DataError(HostError):
     """A dataset is missing or damaged."""
+    cause = "data"
+    fix = ("give this worker the folder where the data lives on this host with "
+           "`renas-db worker --data-dir DIR`")
 
 
-class DeviceError(RenasError):
-    """The requested device does not exist."""
+class DeviceError(HostError):
+    """The requested device does not exist or does not work."""
+    cause = "device"
+    fix = ("check the GPU and its driver (nvidia-smi), or start this worker with another "
+           "--gpu or with --cpu")
+
+
+class CheckpointRootError(HostError):
+    """The checkpoint root is missing (and cannot be made) or is not writable."""
+    cause = "checkpoint root"
+    fix = ("mount the shared checkpoint folder on this host, writable, or give this worker "
+           "where it lives here with `renas-db worker --checkpoint-root DIR`")
+
+
+class ObjectStoreError(CheckpointRootError):
+    """An object-storage checkpoint root (s3://) refuses this host or stays away."""
+    cause = "checkpoint store"
+    fix = ("check this host's endpoint and credentials (AWS_ENDPOINT_URL, AWS_PROFILE, "
+           "~/.aws), or give this worker another root with "
+           "`renas-db worker --checkpoint-root`")
+
+
+class DiskFullError(HostError):
+    """This host's disk (or quota) is full."""
+    cause = "disk"
+    fix = "free space on this host's disk (or raise its quota)"
 
 
 class SnapshotError(RenasError):

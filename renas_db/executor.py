@@ -6,14 +6,17 @@ worker (renas_db/shared_controller.py)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Protocol
 
 import torch
 
 from renas_db import space
 from renas_db.checkpoints import CheckpointStorage, store_for
+from renas_db.config import SearchConfig
 from renas_db.controller import controller_config
 from renas_db.data import Dataset, load_dataset
+from renas_db.datasets import data_dir_for
 from renas_db.errors import RenasError
 from renas_db.inherit import inherit, param_groups
 from renas_db.jobs import ClaimedJob, JobKind, JobResult, Progress, checkpoint_uri
@@ -25,6 +28,7 @@ from renas_db.train import (
     evaluate_recalibrated,
     fine_tune,
     prepare,
+    probe_device,
     resolve_device,
     seeded_generator,
     train_from_scratch,
@@ -33,6 +37,10 @@ from renas_db.train import (
 
 class Executor(Protocol):
     """Runs one claimed job to a result (or raises); writes the result's checkpoint."""
+
+    def check(self, config: SearchConfig) -> None:
+        """Whether this executor can serve a search: its device works and its dataset
+        loads (and is kept); a HostError otherwise."""
 
     def run(self, job: ClaimedJob, mutator: Mutator | None, progress: Progress | None,
             stop: threading.Event) -> JobResult: ...
@@ -59,17 +67,27 @@ class TrainingExecutor:
     """Real training on one device, with the worker's datasets cached in memory."""
 
     def __init__(self, device: str | None, threads: int | None, checkpoint_root: str | None,
-                 timings: Timings) -> None:
+                 timings: Timings, data_dirs: Mapping[str, str] | None = None) -> None:
         self.device = resolve_device(device, threads)
         self.checkpoint_root = checkpoint_root
+        self.data_dirs = dict(data_dirs or {})  # this host's --data-dir overrides
         self.timings = timings
         self._datasets: dict[tuple[str, str | None], Dataset] = {}
+
+    def check(self, config: SearchConfig) -> None:
+        """A tiny allocation and kernel on the device, then the search's dataset loaded
+        onto it (kept for the jobs)."""
+        probe_device(self.device)
+        with self.timings("load_data"):
+            self.dataset(config.dataset, config.data_dir)
 
     def checkpoints(self, job: ClaimedJob) -> CheckpointStorage:
         return store_for(job, self.checkpoint_root)
 
     def dataset(self, name: str, data_dir: str | None) -> Dataset:
-        """A dataset, loaded once per worker, on the device."""
+        """A dataset, loaded once per worker, on the device; `data_dir` is the search's
+        (or recipe's) folder, which this host's --data-dir overrides."""
+        data_dir = data_dir_for(name, data_dir, self.data_dirs)
         key = (name, data_dir)
         if key not in self._datasets:
             self._datasets[key] = load_dataset(name, data_dir).to(self.device)

@@ -185,16 +185,35 @@ class S3Store:
             removed += [k[len(base):] for k in batch if k not in failed]
         return removed
 
-    def probe(self) -> None:
-        """Create and delete a small object under the prefix: the bucket exists, the
-        credentials are accepted and may write and delete."""
+    def probe(self, folder: str | None = None) -> None:
+        """Create, read back and delete a small object under the prefix (or under its
+        `folder`, a search's): the bucket exists, the credentials are accepted and may
+        write, read and delete."""
         name = f".renas-probe-{uuid.uuid4().hex[:12]}"
-        key = f"{self.prefix}/{name}" if self.prefix else name
-        where = f"s3://{self.bucket}/{key}"
+        uri = f"{folder}/{name}" if folder else name
+        key, where = self.key(uri), self.describe(uri)
+        data = b"renas-db probe"
         self._call("PutObject", where, lambda: self.client.put_object(
-            Bucket=self.bucket, Key=key, Body=b"renas-db probe", IfNoneMatch="*"))
-        self._call("DeleteObject", where,
-                   lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+            Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*"))
+        try:
+            if self._get(uri) != data:
+                raise StorageError(f"{where}: the probe object read back differs")
+        finally:
+            self._call("DeleteObject", where,
+                       lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+
+    def exists(self, uri: str) -> bool:
+        key = self.key(uri)
+
+        def head() -> bool:
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=key)
+            except self._exc.ClientError as exc:
+                if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+                    return False
+                raise
+            return True
+        return self._call("HeadObject", self.describe(uri), head)
 
     # -- plumbing -----------------------------------------------------------------------
     def _get(self, uri: str) -> bytes:

@@ -27,7 +27,9 @@ def resolve_device(device: str | None, threads: int | None = None) -> torch.devi
     if not device.startswith("cuda"):
         raise DeviceError(f"unknown device {device!r} (cpu, cuda:N)")
     if not torch.cuda.is_available():
-        raise DeviceError(f"{device} requested but CUDA is not available on this machine")
+        raise DeviceError(f"{device} requested but CUDA is not available on this machine "
+                          "(no GPU, or no working driver); start the worker with --cpu or on "
+                          "a host with a GPU")
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -39,6 +41,24 @@ def resolve_device(device: str | None, threads: int | None = None) -> torch.devi
     torch.cuda.set_device(index)
     torch.backends.cudnn.benchmark = True
     return torch.device("cuda", index)
+
+
+def probe_device(device: torch.device) -> None:
+    """A tiny allocation and convolution on a CUDA device, synchronised: DeviceError if
+    the device (or its driver, or cuDNN) does not work. The CPU is not probed."""
+    if device.type != "cuda":
+        return
+    try:
+        x = torch.ones((2, 1, 8, 8), device=device)
+        w = torch.ones((2, 1, 3, 3), device=device)
+        value = float(torch.nn.functional.conv2d(x, w).sum().item())
+        torch.cuda.synchronize(device)
+    except Exception as exc:  # a broken driver raises RuntimeError, AssertionError, ...
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DeviceError(f"device {device} does not work ({reason})") from None
+    if value != 2 * 2 * 6 * 6 * 9:
+        raise DeviceError(f"device {device} does not work (a test convolution gave "
+                          f"{value:g}, expected {2 * 2 * 6 * 6 * 9})")
 
 
 def _autocast(device: torch.device) -> AbstractContextManager[Any]:

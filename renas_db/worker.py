@@ -6,6 +6,7 @@ controller's snapshot cache and update are renas_db/shared_controller.py's, and 
 checkpoints is renas_db/collector.py's."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -18,16 +19,24 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from renas_db import faults
+from renas_db.checkpoints import CheckpointStorage, store_at
 from renas_db.collector import CheckpointCollector
-from renas_db.db import admin, protocol
+from renas_db.config import SearchConfig
+from renas_db.db import admin, gc, protocol
 from renas_db.db.session import Store
 from renas_db.dry_run import DryRunExecutor
 from renas_db.errors import (
     CheckpointError,
+    CheckpointRootError,
     ConflictError,
     DatabaseUnavailable,
+    DiskFullError,
+    HostError,
     LeaseLost,
+    MissingDependency,
+    ObjectStoreError,
     RenasError,
+    StorageError,
     TrainingStopped,
 )
 from renas_db.executor import Executor, TrainingExecutor
@@ -51,6 +60,13 @@ class WorkerOptions:
     idle_exit_seconds: float | None = None  # exit when no work for this long
     stats_json: str | None = None
     dry_run_seconds: float | None = None    # no training (tests, benchmarks)
+    # this host's dataset folders: "*" for every dataset, else per dataset name
+    data_dirs: dict[str, str] = field(default_factory=dict)
+
+
+class WorkerUnfit(HostError):
+    """The worker stopped because it cannot serve the searches that still have work:
+    its one line names each search, the cause and the fix."""
 
 
 @dataclass
@@ -58,6 +74,7 @@ class WorkerSummary:
     worker_id: int
     jobs_done: int = 0
     jobs_failed: int = 0
+    jobs_given_back: int = 0   # host errors: back to the queue, no attempt counted
     leases_lost: int = 0
     controller_updates: int = 0
     wall_seconds: float = 0.0
@@ -69,9 +86,10 @@ class WorkerSummary:
 
 def make_executor(options: WorkerOptions, timings: Timings) -> Executor:
     if options.dry_run_seconds is not None:
-        return DryRunExecutor(options.checkpoint_root, options.dry_run_seconds)
+        return DryRunExecutor(options.checkpoint_root, options.dry_run_seconds,
+                              options.data_dirs)
     return TrainingExecutor(options.device, options.threads, options.checkpoint_root,
-                            timings)
+                            timings, options.data_dirs)
 
 
 class Heartbeat:
@@ -158,11 +176,14 @@ class Worker:
         self.controllers = SharedController(store)
         self.collector = CheckpointCollector(store, options.checkpoint_root)
         device = options.device or "cpu"
+        self.host = f"{socket.gethostname()}:{os.getpid()}"
         self.worker_id = retrying("register", admin.register_worker, store,
                                   socket.gethostname(), os.getpid(), device)
         self.summary = WorkerSummary(self.worker_id)
         self._signals = 0
         self._folded: set[int] = set()  # searches whose leftover episodes this worker folded
+        self._fit: set[int] = set()          # searches this worker checked it can serve
+        self._unfit: dict[int, str] = {}     # searches it cannot serve: the one line why
 
     # -- signals ------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -191,8 +212,11 @@ class Worker:
                 t0 = time.perf_counter()
                 before = dict(self.timings.phases)
                 with self.timings("claim"):
-                    job, more = self._claim()
+                    job, more, blocked = self._claim()
                 if job is None:
+                    if not more and blocked:
+                        reason = "unfit"
+                        raise WorkerUnfit(" | ".join(self._unfit[sid] for sid in blocked))
                     if not more:
                         reason = "no running searches"
                         break
@@ -220,25 +244,96 @@ class Worker:
         if self.options.stats_json:
             with open(self.options.stats_json, "w") as fh:
                 json.dump(asdict(self.summary), fh, indent=2)
-        log.info("worker %d stopped (%s): %d done, %d failed, %d leases lost",
-                 self.worker_id, reason, self.summary.jobs_done, self.summary.jobs_failed,
-                 self.summary.leases_lost)
+        # unfit: the WorkerUnfit raised is the one line a user sees
+        log.log(logging.DEBUG if reason == "unfit" else logging.INFO,
+                "worker %d stopped (%s): %d done, %d failed, %d given back, %d leases lost",
+                self.worker_id, reason, self.summary.jobs_done, self.summary.jobs_failed,
+                self.summary.jobs_given_back, self.summary.leases_lost)
 
-    def _claim(self) -> tuple[ClaimedJob | None, bool]:
-        """(job, whether any search may still have work)."""
+    def _claim(self) -> tuple[ClaimedJob | None, bool, list[int]]:
+        """(job, whether any search this worker can serve may still have work, the
+        searches with work it cannot serve)."""
         ids = retrying("list searches", admin.active_search_ids, self.store,
                        self.options.search)
-        active = False
+        active, blocked = False, []
         for sid in ids:
+            if not self._can_serve(sid):
+                if retrying("search state", admin.has_work, self.store, sid):
+                    blocked.append(sid)
+                continue
             # the token is made here, once per claim: a retry after a lost acknowledgement
             # gets back the job the first try took
             token = uuid.uuid4().hex
             job = retrying("claim", protocol.claim, self.store, sid, self.worker_id, token)
             if job is not None:
-                return job, True
+                return job, True, blocked
             # a paused, finished or failed search has no more work for us: exit
             active = active or retrying("search state", admin.has_work, self.store, sid)
-        return None, active
+        return None, active, blocked
+
+    # -- fitness: can this host serve a search? -------------------------------------------
+    def _can_serve(self, sid: int) -> bool:
+        """Checked once per search, before the first claim from it: the device works and
+        the dataset loads (the executor keeps it), the checkpoint root takes a probe
+        write and shows the search's checkpoints. Unfit: one line, an event, the
+        worker's row; this worker never claims from the search again."""
+        if sid in self._fit:
+            return True
+        if sid in self._unfit:
+            return False
+        name, raw, root = retrying("search", admin.search_target, self.store, sid)
+        config = SearchConfig.from_dict(raw)
+        errors: list[HostError] = []
+        for check in (lambda: self.executor.check(config),
+                      lambda: self._check_checkpoints(sid, name, root)):
+            try:
+                check()
+            except HostError as exc:
+                errors.append(exc)
+        if errors:
+            self._mark_unfit(sid, name, errors)
+            return False
+        self._fit.add(sid)
+        return True
+
+    def _store_of(self, root: str) -> CheckpointStorage:
+        return store_at(root, self.options.checkpoint_root)
+
+    def _check_checkpoints(self, sid: int, name: str, root: str,
+                           besides: str | None = None) -> None:
+        """A probe write at the root, and (once the search has checkpoints) at least one
+        of its newest alive individuals' files visible: an empty mount point is not the
+        shared folder."""
+        try:
+            files = self._store_of(root)
+            files.probe(name)  # the search's folder: every key of a search starts with it
+        except StorageError as exc:  # an object store that refuses or stays away
+            raise ObjectStoreError(str(exc)) from None
+        except MissingDependency as exc:  # boto3 for an s3:// root
+            missing = ObjectStoreError(str(exc))
+            missing.fix = "install it on this host"
+            raise missing from None
+        uris = [u for u in retrying("checkpoints", gc.recent_checkpoints, self.store, sid)
+                if u != besides]
+        if uris and not any(files.exists(u) for u in uris):
+            raise CheckpointRootError(
+                f"checkpoint root {self.options.checkpoint_root or root} holds none of "
+                f"search {name}'s newest checkpoints ({files.describe(uris[0])} and "
+                f"{len(uris) - 1} more are missing): "
+                "is the shared folder mounted on this host?")
+
+    def _mark_unfit(self, sid: int, name: str, errors: list[HostError]) -> str:
+        causes = ", ".join(dict.fromkeys(e.cause for e in errors))
+        detail = " | ".join(f"{e}; {e.fix}" for e in errors)
+        line = (f"worker {self.worker_id} ({self.host}) cannot serve search {name} "
+                f"({causes}): {detail}")
+        self._unfit[sid] = line
+        self._fit.discard(sid)
+        if self.options.search is None:  # serving others: say so now (else at exit)
+            log.error("%s", line)
+        retrying("unfit", admin.worker_unfit, self.store, self.worker_id, sid, line,
+                 "\n".join(self._unfit.values()))
+        return line
 
     def _serve(self, job: ClaimedJob) -> None:
         """Run one job and, if its lease held, commit it and update the controller."""
@@ -313,6 +408,8 @@ class Worker:
                 log.warning("job %d released", job.id)
         elif isinstance(exc, (DatabaseUnavailable, ConflictError)):
             self._fail(job, f"database unavailable during the job: {exc}")
+        elif isinstance(exc, HostError):
+            self._give_back(job, exc)
         elif isinstance(exc, CheckpointError) and job.kind == JobKind.STEP \
                 and self._parent_damaged(job):
             why = f"parent checkpoint missing or damaged: {exc}"
@@ -320,9 +417,36 @@ class Worker:
                       job.parent.id if job.parent else None)
             retrying("quarantine", _ignore_lost, protocol.quarantine_parent, self.store,
                      job, why)
+        elif (host := self._host_fault(job, exc)) is not None:
+            self._give_back(job, host)
         else:
             self._fail(job, f"{type(exc).__name__}: {exc}",
                        exc_info=log.isEnabledFor(logging.DEBUG))
+
+    def _host_fault(self, job: ClaimedJob, exc: Exception) -> HostError | None:
+        """Whether an error that is not plainly the host's was the host's after all: a
+        full disk, or the checks of _can_serve failing now (a checkpoint root gone
+        read-only or unmounted, a GPU broken). Otherwise it is the job's: None."""
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFullError(f"no space left on this host ({exc})")
+        try:
+            self.executor.check(job.config)
+            self._check_checkpoints(job.search_id, job.search_name, job.checkpoint_root)
+        except HostError as host:
+            return host
+        return None
+
+    def _give_back(self, job: ClaimedJob, exc: HostError) -> None:
+        """An error of this host: the job back to the queue with no attempt counted, and
+        this worker unfit for its search (it claims nothing more from it)."""
+        text = f"{exc.cause}: {exc}"
+        log.error("job %d given back (an error of this host, not of the job): %s",
+                  job.id, text)
+        retrying("give back", _ignore_lost, protocol.give_back_job, self.store, job,
+                 "job given back", f"job {job.id} ({job.kind} {job.step_index}) given back "
+                 f"by worker {self.worker_id}, no attempt counted: {text}", text)
+        self.summary.jobs_given_back += 1
+        self._mark_unfit(job.search_id, job.search_name, [exc])
 
     def _parent_damaged(self, job: ClaimedJob) -> bool:
         """Whether the step's parent checkpoint is missing or does not match its digest,
@@ -333,8 +457,19 @@ class Worker:
             return False
         if not parent.checkpoint_uri:
             return True
-        return self.collector.checkpoints(job).damaged(parent.checkpoint_uri,
-                                                       parent.checkpoint_sha256)
+        store = self.collector.checkpoints(job)
+        if not store.damaged(parent.checkpoint_uri, parent.checkpoint_sha256):
+            return False
+        if store.exists(parent.checkpoint_uri):
+            return True  # there, but not the bytes the database committed
+        # lost, unless this host sees none of the search's other checkpoints either (an
+        # empty mount point: the host's fault, found by _host_fault)
+        try:
+            self._check_checkpoints(job.search_id, job.search_name, job.checkpoint_root,
+                                    besides=parent.checkpoint_uri)
+        except HostError:
+            return False
+        return True
 
     def _fail(self, job: ClaimedJob, text: str, exc_info: bool = False) -> None:
         log.error("job %d failed: %s", job.id, text, exc_info=exc_info)

@@ -1,7 +1,9 @@
 """Running the real CLI and real worker processes from tests."""
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -77,3 +79,29 @@ def wait_for(cond: Callable[[], object], timeout: float = 120, every: float = 0.
             return v
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def idx_images(n: int, rows: int = 28) -> bytes:
+    return struct.pack(">IIII", 2051, n, rows, rows) + bytes(
+        (i * 7) % 256 for i in range(n * rows * rows))
+
+
+def idx_labels(n: int) -> bytes:
+    return struct.pack(">II", 2049, n) + bytes(i % 10 for i in range(n))
+
+
+def fashion_fixture(folder: str, n_train: int = 50, n_test: int = 20, gz: bool = True) -> str:
+    """A small Fashion-MNIST folder: the four idx files (gzipped or not)."""
+    os.makedirs(folder, exist_ok=True)
+    files = {"train-images-idx3-ubyte": idx_images(n_train),
+             "train-labels-idx1-ubyte": idx_labels(n_train),
+             "t10k-images-idx3-ubyte": idx_images(n_test),
+             "t10k-labels-idx1-ubyte": idx_labels(n_test)}
+    for name, data in files.items():
+        if gz:
+            with gzip.open(os.path.join(folder, name + ".gz"), "wb") as fh:
+                fh.write(data)
+        else:
+            with open(os.path.join(folder, name), "wb") as fh:
+                fh.write(data)
+    return folder

@@ -182,6 +182,25 @@ def register_worker(store: Store, host: str, pid: int, device: str) -> int:
         return worker.id
 
 
+def search_target(store: Store, search_id: int) -> tuple[str, dict[str, Any], str]:
+    """(name, config, checkpoint_root) of a search: what a worker's fitness check needs."""
+    with store.transaction(write=False) as s:
+        row = s.execute(select(Search.name, Search.config, Search.checkpoint_root)
+                        .where(Search.id == search_id)).one()
+        return row[0], row[1], row[2]
+
+
+def worker_unfit(store: Store, worker_id: int, search_id: int, message: str,
+                 unfit: str) -> None:
+    """The worker cannot serve the search: a `worker unfit` event (the search's), and
+    the worker's row's `unfit`, every search it cannot serve with why, one per line."""
+    with store.transaction() as s:
+        s.execute(update(Worker).where(Worker.id == worker_id)
+                  .values(unfit=unfit[:4000], heartbeat_at=db_now())
+                  .execution_options(synchronize_session=False))
+        event(s, "worker unfit", message, search_id=search_id, worker_id=worker_id)
+
+
 def worker_stopped(store: Store, worker_id: int, reason: str) -> None:
     with store.transaction() as s:
         s.execute(update(Worker).where(Worker.id == worker_id)

@@ -49,3 +49,13 @@ def mark_collected(store: Store, ids: Sequence[int]) -> None:
         s.execute(update(Individual).where(Individual.id.in_(list(ids)),
                                            Individual.alive.is_(False))
                   .values(checkpoint_uri=None, checkpoint_sha256=None))
+
+
+def recent_checkpoints(store: Store, search_id: int, limit: int = 5) -> list[str]:
+    """The checkpoint URIs of the search's newest alive, unquarantined individuals: a
+    host that sees none of them does not see the search's checkpoint folder."""
+    with store.transaction(write=False) as s:
+        return list(s.scalars(select(Individual.checkpoint_uri).where(
+            Individual.search_id == search_id, Individual.alive.is_(True),
+            Individual.quarantined.is_(False), Individual.checkpoint_uri.is_not(None))
+            .order_by(Individual.id.desc()).limit(limit)))

@@ -97,6 +97,8 @@ class Worker(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime)
     state: Mapped[str] = mapped_column(String(20))
     jobs_done: Mapped[int] = mapped_column(Integer, default=0)
+    # migration 0005: the searches it cannot serve and why (one line each), else NULL
+    unfit: Mapped[str | None] = mapped_column(Text)
 
 
 class Job(Base):

@@ -398,12 +398,23 @@ def quarantine_parent(store: Store, job: ClaimedJob, why: str) -> int | None:
 
 def release_job(store: Store, job: ClaimedJob) -> None:
     """The worker was told to stop: give the job back without counting an attempt."""
+    give_back_job(store, job, "job released",
+                  f"job {job.id} released by its worker (stop signal)")
+
+
+def give_back_job(store: Store, job: ClaimedJob, kind: str, message: str,
+                  error: str | None = None) -> None:
+    """The job back to the queue, claimable at once, with no attempt used up: a stop
+    signal (`job released`), or an error of the worker's host, not of the job (`job
+    given back`, the error kept in `jobs.error`)."""
     with store.connection() as conn:
         row = _fenced_job(conn, job)
-        conn.execute(update(Job).where(Job.id == job.id).values(
-            state=JobState.QUEUED, lease_token=None, attempt=Job.attempt - 1))
-        _event(conn, "job released", f"job {job.id} released by its worker (stop signal)",
-               job.search_id, worker_id=row.worker_id, job_id=job.id)
+        values: dict[str, Any] = {"state": JobState.QUEUED, "lease_token": None,
+                                  "attempt": Job.attempt - 1}
+        if error is not None:
+            values.update(error=error[:2000], not_before=None)
+        conn.execute(update(Job).where(Job.id == job.id).values(**values))
+        _event(conn, kind, message, job.search_id, worker_id=row.worker_id, job_id=job.id)
 
 
 def recover(store: Store, name: str) -> dict[str, int]:

@@ -12,6 +12,7 @@ from renas_db.db.models import ControllerSnapshot, Episode, Event, Individual, J
 from renas_db.db.session import Store
 from renas_db.jobs import PENDING_STATES, JobKind, JobState, Origin
 
+UNFIT_SHOWN = 10  # status lists the newest unfit workers of a search, at most this many
 INIT, STEP, RETRAIN = JobKind.INIT, JobKind.STEP, JobKind.RETRAIN
 QUEUED, RUNNING, DONE, DEAD = JobState.QUEUED, JobState.RUNNING, JobState.DONE, JobState.DEAD
 
@@ -91,6 +92,15 @@ def search_status(store: Store, name: str) -> dict[str, Any]:
             Event.search_id == sid,
             Event.kind.in_(("job failed", "lease expired", "job stalled"))))
         episodes = s.scalar(select(func.count()).where(Episode.search_id == sid))
+        # the newest `worker unfit` event of each worker for this search
+        newest = (select(func.max(Event.id)).where(Event.search_id == sid,
+                                                   Event.kind == "worker unfit")
+                  .group_by(Event.worker_id))
+        unfit = s.execute(select(Worker.id, Worker.host, Worker.pid, Worker.device,
+                                 Worker.state, Event.message)
+                          .join(Worker, Worker.id == Event.worker_id)
+                          .where(Event.id.in_(newest)).order_by(Event.id.desc())
+                          .limit(UNFIT_SHOWN)).all()
         quarantined = list(s.scalars(select(Individual.id).where(
             Individual.search_id == sid, Individual.quarantined.is_(True),
             Individual.alive.is_(True)).order_by(Individual.id)))
@@ -105,12 +115,17 @@ def search_status(store: Store, name: str) -> dict[str, Any]:
             "controller_mean_reward": snap[1] if snap else None,
             "episodes": episodes,
             "models_trained": models, "examples": int(examples),
-            "examples_per_model": (int(examples) / models) if models else None,
+            # a count: the mean rounded to whole examples (v_cost has the exact mean)
+            "examples_per_model": round(int(examples) / models) if models else None,
             "failures": failures,
             "quarantined": quarantined,
             "workers": [{"job": r[0], "kind": r[1], "index": r[2], "attempt": r[3],
                          "worker": r[4], "host": r[5], "pid": r[6], "device": r[7]}
                         for r in running],
+            "unfit_workers": [{"worker": r[0], "host": r[1], "pid": r[2], "device": r[3],
+                               "state": r[4],
+                               "why": r[5].split(f"cannot serve search {search.name} ", 1)[-1]}
+                              for r in unfit],
         }
 
 

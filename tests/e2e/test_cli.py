@@ -136,3 +136,16 @@ def test_show_diff_marks_the_mutated_blocks(tmp_path):
     assert not (tmp_path / "c.png").exists()
     r = run_cli("show", str(rows[0]["id"]), "-o", str(tmp_path / "c.svg"), db_url=db_url)
     assert r.code == 0 and (tmp_path / "c.svg").read_text().count('class="edge"') >= 8
+
+
+def test_search_create_warns_when_this_machine_cannot_read_the_dataset(tmp_path):
+    db = f"sqlite:///{tmp_path / 'x.sqlite'}"
+    r = run_cli("search", "create", "c1", "--dataset", "cifar10", "--population", "5",
+                db_url=db)
+    assert r.code == 0, r.err
+    lines = r.err.splitlines()
+    assert len(lines) == 2 and "search c1 created" in lines[0], r.err
+    assert lines[1].startswith("warning: this machine cannot read dataset cifar10 "), r.err
+    assert "cifar10 needs --data-dir" in lines[1] and "renas-db worker --data-dir" in lines[1]
+    r = run_cli("search", "create", "s1", "--dataset", "synthetic", db_url=db)
+    assert r.code == 0 and "warning" not in r.err, r.err

@@ -195,7 +195,7 @@ def test_a_retried_claim_gets_back_the_job_it_holds(store, tmp_path, hooks):
             lost.append(job)
             raise DatabaseUnavailable("connection reset after COMMIT (injected)")
     hooks["claim_committed"] = ack_lost
-    job, _ = worker._claim()
+    job, _, _ = worker._claim()
     assert lost and lost[0] is not None
     assert (job.id, job.lease_token, job.attempt) == \
         (lost[0].id, lost[0].lease_token, 1)

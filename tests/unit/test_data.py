@@ -3,7 +3,6 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-import struct
 
 import numpy as np
 import pytest
@@ -11,31 +10,8 @@ import torch
 
 from renas_db.data import Augment, augment_batch, load_cifar10, load_fashion_mnist, make_synthetic
 from renas_db.errors import DataError
-
-
-def _idx_images(n: int, rows: int = 28) -> bytes:
-    return struct.pack(">IIII", 2051, n, rows, rows) + bytes(
-        (i * 7) % 256 for i in range(n * rows * rows))
-
-
-def _idx_labels(n: int) -> bytes:
-    return struct.pack(">II", 2049, n) + bytes(i % 10 for i in range(n))
-
-
-def _fashion(folder, n_train=50, n_test=20, gz=True):
-    os.makedirs(folder, exist_ok=True)
-    files = {"train-images-idx3-ubyte": _idx_images(n_train),
-             "train-labels-idx1-ubyte": _idx_labels(n_train),
-             "t10k-images-idx3-ubyte": _idx_images(n_test),
-             "t10k-labels-idx1-ubyte": _idx_labels(n_test)}
-    for name, data in files.items():
-        if gz:
-            with gzip.open(os.path.join(folder, name + ".gz"), "wb") as fh:
-                fh.write(data)
-        else:
-            with open(os.path.join(folder, name), "wb") as fh:
-                fh.write(data)
-    return folder
+from tests.helpers import fashion_fixture as _fashion
+from tests.helpers import idx_images as _idx_images
 
 
 @pytest.mark.parametrize("gz", [True, False])
