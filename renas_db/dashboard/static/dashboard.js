@@ -277,18 +277,18 @@
 
     main.replaceChildren(
       el("h1", { text: "Search " + name }), summary,
-      el("section", {}, el("h2", { text: "Progress" }),
+      el("section", { id: "sec-progress" }, el("h2", { text: "Progress" }),
         el("p", { cls: "note", text: "Population best and mean ± std after each step; " +
           "each child a dot, green when better than its parent, red when not." }),
         overlaySelect, progBox),
-      el("section", {}, el("h2", { text: "Population" }), pop.table),
-      el("section", {}, el("h2", { text: "Controller" }), ctlNote, ctlBox, ratioBox, sizeBox),
-      el("section", {}, el("h2", { text: "Workers and jobs" }),
+      el("section", { id: "sec-population" }, el("h2", { text: "Population" }), pop.table),
+      el("section", { id: "sec-controller" }, el("h2", { text: "Controller" }), ctlNote, ctlBox, ratioBox, sizeBox),
+      el("section", { id: "sec-workers" }, el("h2", { text: "Workers and jobs" }),
         el("h3", { text: "Running leases" }), running.table,
         el("h3", { text: "Workers" }), workers.table,
         el("h3", { text: "Dead jobs" }), dead.table,
         el("h3", { text: "Events" }), eventList),
-      el("section", {}, el("h2", { text: "Reports" }),
+      el("section", { id: "sec-reports" }, el("h2", { text: "Reports" }),
         el("h3", { text: "Retrained networks" }), retrain.table, study));
 
     const prog = new Progress(name);
@@ -363,6 +363,8 @@
         data = uPlot.join(tables);
       }
       progChart.set(data, [...overlays.keys()].join("|"));
+      progBox.dataset.points = String(xs.length);
+      progBox.dataset.lastStep = String(xs.length ? xs[xs.length - 1] : 0);
     }
 
     function drawSummary(s) {
@@ -457,8 +459,8 @@
     ], { sortKey: "depth", desc: false });
     const title = el("h1", { text: "Individual " + id });
     main.replaceChildren(title, facts,
-      el("section", {}, el("h2", { text: "Cell" }), cell),
-      el("section", {}, el("h2", { text: "Lineage" }), lineage.table));
+      el("section", { id: "sec-cell" }, el("h2", { text: "Cell" }), cell),
+      el("section", { id: "sec-lineage" }, el("h2", { text: "Lineage" }), lineage.table));
     return async function tick() {
       const r = await api("/api/individuals/" + encodeURIComponent(id));
       document.getElementById("crumbs").replaceChildren(" / ",
