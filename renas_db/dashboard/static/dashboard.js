@@ -125,8 +125,12 @@
     }
   }
 
+  // the section's inner width (the box itself may be hidden while it has no chart)
   function chartWidth(box) {
-    return Math.max(320, Math.floor(box.getBoundingClientRect().width) - 8);
+    const section = box.parentElement;
+    const style = getComputedStyle(section);
+    const inner = section.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    return Math.max(320, Math.floor(inner) - 8);
   }
 
   // a uPlot chart that keeps its options and takes new data
