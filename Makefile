@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 TORCH := torch==2.14.1 torchvision==0.29.1
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install graphviz lint test test-fast demo bench clean
+.PHONY: install graphviz browser lint test test-fast demo bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,13 +36,22 @@ graphviz:
 	apt-get install -y -qq graphviz; else sudo apt-get update -qq && \
 	sudo apt-get install -y -qq graphviz; fi; }
 
+# The dashboard's browser tests drive Debian's Chromium through Playwright (launched by its
+# path: `playwright install` downloads a browser build and is never run). The headless
+# shell is enough; installed with apt if no Chromium is there.
+browser:
+	@command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || { \
+	if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	apt-get install -y -qq chromium-headless-shell; else sudo apt-get update -qq && \
+	sudo apt-get install -y -qq chromium-headless-shell; fi; }
+
 # The installed (non-editable) package is what the tests import: run from tests' rootdir
 # with importlib mode so the checkout does not shadow site-packages.
-test: install lint graphviz
+test: install lint graphviz browser
 	$(VENV)/bin/pytest -n 3 --dist loadfile -p no:cacheprovider -rs --durations=15 tests
 
 # No real processes: unit tests (no database) and integration tests (a real database).
-test-fast: install graphviz
+test-fast: install graphviz browser
 	$(VENV)/bin/pytest -n 3 --dist loadfile -p no:cacheprovider -rs tests/unit tests/integration
 
 demo: install $(FASHION)

@@ -28,6 +28,7 @@ def cli(ctx: click.Context, db_url: str | None, debug: bool) -> None:
 
 def _register() -> None:
     from renas_db.cli import (
+        dashboard_commands,
         db_commands,
         history_commands,
         retrain_commands,
@@ -35,7 +36,7 @@ def _register() -> None:
         worker_commands,
     )
     for module in (db_commands, search_commands, worker_commands, history_commands,
-                   retrain_commands):
+                   retrain_commands, dashboard_commands):
         for command in module.COMMANDS:
             cli.add_command(command)
 

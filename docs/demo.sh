@@ -16,3 +16,4 @@ echo "wall time: $(( $(date +%s) - start )) s"
 "$RENAS" check demo
 echo
 echo "Ask it questions: cd demo-run && $RENAS status demo"
+echo "Watch it in a browser: cd demo-run && $RENAS dashboard   # then open http://127.0.0.1:8765/"

@@ -1,0 +1,66 @@
+"""The dashboard's incremental sweep: answers extended row by row (settled rows kept
+between answers) equal v_progress and v_population at every point, on both back ends."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from renas_db import searches
+from renas_db.config import SearchConfig
+from renas_db.dashboard import history
+from renas_db.dashboard.data import ReadOnlyDB
+from renas_db.db import admin, protocol
+from renas_db.db.readonly import run_read_only
+from renas_db.testing import fake_result_for
+
+
+def _view(store, sql):
+    r = run_read_only(store, sql)
+    return [dict(zip(r.columns, row)) for row in r.rows]
+
+
+@pytest.mark.parametrize("settle", [0.0, 3600.0])
+def test_sweep_extended_between_answers_equals_the_views(store, db_url, tmp_path,
+                                                         monkeypatch, settle):
+    """settle 0: every row is kept and later answers read only new rows; settle 3600:
+    nothing is kept and every answer sweeps the unsettled rows again."""
+    monkeypatch.setattr(history, "SETTLE_S", settle)
+    cfg = SearchConfig(population=5, sample=3, steps=24, mutator="random", blocks=2,
+                       checkpoint_root=str(tmp_path / "ck"))
+    sid = searches.create(store, "s", cfg)
+    wid = admin.register_worker(store, "h", 1, "cpu")
+    db = ReadOnlyDB(db_url)
+    rng = random.Random(3)
+    answers = 0
+    try:
+        while True:
+            job = protocol.claim(store, sid, wid)
+            if job is None:
+                break
+            protocol.commit_job(store, job, fake_result_for(job, rng.random(),
+                                                            checkpoint=False), wid)
+            if rng.random() < 0.5:
+                continue
+            answers += 1
+            got = db.progress("s")
+            want = _view(store, "SELECT step, best_fitness, mean_fitness, std_fitness, alive "
+                                f"FROM v_progress WHERE search_id = {sid} ORDER BY step")
+            assert [s["step"] for s in got["samples"]] == [w["step"] for w in want]
+            for s, w in zip(got["samples"], want):
+                assert s["best"] == pytest.approx(w["best_fitness"])
+                assert s["mean"] == pytest.approx(w["mean_fitness"])
+                assert s["std"] == pytest.approx(w["std_fitness"], abs=1e-9)
+                assert s["alive"] == w["alive"]
+            pop = db.population("s")
+            want = _view(store, "SELECT id, age_steps FROM v_population "
+                                f"WHERE search_id = {sid} ORDER BY fitness DESC, id")
+            assert [(p["id"], p["age_steps"]) for p in pop] == \
+                [(w["id"], w["age_steps"]) for w in want]
+        kept = db.history._kept[sid]
+        assert kept.state.last_id == (0 if settle else
+                                      max(r["id"] for r in _view(store,
+                                          "SELECT id FROM individuals")))
+        assert answers >= 5
+    finally:
+        db.dispose()
