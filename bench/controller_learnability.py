@@ -362,11 +362,12 @@ def plot(result: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(9, 5))
     xs = result["checkpoints"]
-    for name, r in result["variants"].items():
+    for i, (name, r) in enumerate(result["variants"].items()):
         m, s = r["mean"], r["spread"]
+        # the colour cycle has 10 colours: the variants past it are dashed
         ax.errorbar(xs, m, yerr=s,
                     label=f"{name} (E*_noise={r['e_star_noise'] or '>' + str(xs[-1])})",
-                    capsize=3, marker="o", markersize=3)
+                    capsize=3, marker="o", markersize=3, linestyle="-" if i < 10 else "--")
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("episodes")
