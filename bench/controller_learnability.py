@@ -237,13 +237,12 @@ def _policy(controller: Any, g: Genotype) -> list[list[tuple[float, Action]]]:
     mutations are sums over blocks: exact, with no sampling noise."""
     with torch.no_grad():
         states = controller.encode(g)
-        begin = controller.begin()
         out = []
         for b in range(g.n_blocks):
             slot_states = states[5 * b:5 * b + 4]
             router = torch.softmax(controller._shape(controller.router(slot_states)
                                                      .squeeze(-1)), 0).tolist()
-            cands = torch.stack([begin[0], begin[1], *[states[5 * j + 4] for j in range(b)]])
+            cands = controller.input_candidates(states, b)
             block = []
             for k, slot in enumerate(SLOTS):
                 logits = (controller.input_logits(slot_states[k], cands) if k < 2

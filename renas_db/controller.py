@@ -170,6 +170,12 @@ class MutationController(nn.Module):
         attention's tanh, after which every query scores it the same."""
         return torch.tanh(self.begin_states)
 
+    def input_candidates(self, states: torch.Tensor, block: int) -> torch.Tensor:
+        """The inputs block `block` may take: the begin states of cells c-2 and c-1, then
+        the combiner-token states of blocks 0..block-1 (`states` from `encode`)."""
+        begin = self.begin()
+        return torch.stack([begin[0], begin[1], *[states[5 * j + 4] for j in range(block)]])
+
     def input_scores(self, h_slot: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """The input scorer's score of each candidate for this slot, before the shaping.
 
@@ -211,10 +217,7 @@ class MutationController(nn.Module):
             lp, ent = _log_prob_entropy(router_logits, slot_i)
             h_slot = slot_states[slot_i]
             if slot_i < 2:
-                combiners = [states[5 * j + 4] for j in range(b)]
-                begin = self.begin()
-                candidates = torch.stack([begin[0], begin[1], *combiners])
-                value_logits = self.input_logits(h_slot, candidates)
+                value_logits = self.input_logits(h_slot, self.input_candidates(states, b))
             else:
                 value_logits = self._shape(self.op_mutator(h_slot))
             value = self._pick(value_logits, given.value if given else None, rng)

@@ -24,8 +24,7 @@ Probs = tuple[list[float], list[float]]
 def input_probs(c: MutationController, g: Genotype, slot: str) -> torch.Tensor:
     """P(candidate | slot) of the toy's block."""
     states = c.encode(g)
-    begin = c.begin()
-    candidates = torch.stack([begin[0], begin[1], *[states[5 * j + 4] for j in range(BLOCK)]])
+    candidates = c.input_candidates(states, BLOCK)
     return torch.softmax(c.input_logits(states[5 * BLOCK + SLOTS.index(slot)], candidates), 0)
 
 
