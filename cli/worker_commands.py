@@ -18,9 +18,16 @@ from renas_db.cli.search_commands import build_config, config_options
 from renas_db.errors import ConfigError, RenasError
 from renas_db.jobs import ClaimedJob, JobState, SearchStatus
 
+#: seconds between two reads of the search's status by `run`, and between two reads of
+#: the worker logs it streams (--verbose)
+STATUS_S, TICK_S = 2.0, 0.5
+
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rich.table import Table
 
+    from renas_db.cli.run_view import DashboardChild, LogTail, View
     from renas_db.db.session import Store
     from renas_db.worker import ProgressFactory
 
@@ -117,12 +124,14 @@ def worker_cmd(app: AppContext, search_name: str | None, gpu: int | None, cpu: b
             f"{100 * outside / total:.1f}% of job time outside train/recalibrate/evaluate")
 
 
-def _worker_command(app: AppContext, name: str, device: str, threads: int) -> list[str]:
+def _worker_command(app: AppContext, name: str, device: str, threads: int,
+                    dry_run: float | None) -> list[str]:
     cmd = [sys.executable, "-m", "renas_db.cli.main"]
     if app.debug:
         cmd.append("--debug")
     return cmd + ["worker", "--search", name, "--threads", str(threads)] + (
-        ["--cpu"] if device == "cpu" else ["--gpu", device.split(":")[1]])
+        ["--cpu"] if device == "cpu" else ["--gpu", device.split(":")[1]]) + (
+        ["--dry-run", str(dry_run)] if dry_run is not None else [])
 
 
 @click.command("run")
@@ -131,18 +140,34 @@ def _worker_command(app: AppContext, name: str, device: str, threads: int) -> li
               show_default=True, help="Local worker processes (GPUs first).")
 @click.option("--threads", type=click.IntRange(1, 1024),
               help="Torch threads per CPU worker (default: cores / workers).")
+@click.option("--log-dir", default="logs", show_default=True,
+              help="Worker logs go to LOG_DIR/NAME/worker-N.log (appended on resume).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also stream the workers' log lines to the terminal.")
+@click.option("--dashboard", "with_dashboard", is_flag=True,
+              help="Also serve `renas-db dashboard` on 127.0.0.1 while the search runs.")
+@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=8765,
+              show_default=True, help="The dashboard's port (0: any free one).")
+@click.option("--dry-run", "dry_run_seconds", type=float, hidden=True,
+              help="Workers fake fitness after this many seconds (tests).")
 @config_options
 @pass_app
-def run_cmd(app: AppContext, name: str, n_workers: int, threads: int | None,
-            config_file: str | None, **options: Any) -> None:
+def run_cmd(app: AppContext, name: str, n_workers: int, threads: int | None, log_dir: str,
+            verbose: bool, with_dashboard: bool, dashboard_port: int,
+            dry_run_seconds: float | None, config_file: str | None, **options: Any) -> None:
     """Create (or resume) a search and run it with local workers, showing live progress.
 
-    Ctrl-C stops the workers cleanly (a second Ctrl-C kills them); running the same
-    command again resumes where the search stood.
+    On a terminal the view is live (steps, fitness, each worker's job and progress, the
+    dashboard's address); piped or in CI it prints one line whenever the progress moves.
+    Worker logs go to files (--log-dir); --verbose streams them too. Ctrl-C stops the
+    workers cleanly (a second Ctrl-C kills them); running the same command again resumes
+    where the search stood.
 
     Example: renas-db run demo --workers 2 --population 8 --steps 24 --train-subset 2000
+    --dashboard
     """
     from renas_db import searches
+    from renas_db.cli.run_view import DashboardChild, LogTail, View, log_folder, terminal
     from renas_db.db.admin import describe_or_none, set_search_status
     store = app.store()
     info = describe_or_none(store, name)
@@ -168,31 +193,60 @@ def run_cmd(app: AppContext, name: str, n_workers: int, threads: int | None,
     devices = _local_devices(n_workers)
     cpu_workers = sum(1 for d in devices if d == "cpu")
     per = threads or max(1, (os.cpu_count() or 1) // max(cpu_workers, 1))
-    procs = [subprocess.Popen(_worker_command(app, name, d, per), env=env,
-                              start_new_session=True) for d in devices]
-    message(f"started {len(procs)} workers ({', '.join(devices)}); Ctrl-C stops them")
+    logs = log_folder(log_dir, name)
+    paths = [logs / f"worker-{i + 1}.log" for i in range(len(devices))]
+    files = [open(p, "ab") for p in paths]  # noqa: SIM115 (closed below)
+    tail = LogTail(paths) if verbose else None
+    procs = [subprocess.Popen(_worker_command(app, name, d, per, dry_run_seconds), env=env,
+                              stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                              start_new_session=True) for d, f in zip(devices, files)]
+    for f in files:
+        f.close()  # the workers hold their own copies
+    dashboard = None
+    if with_dashboard:
+        dashboard = DashboardChild(
+            [sys.executable, "-m", "renas_db.cli.main", "dashboard", "--port",
+             str(dashboard_port)], env, logs / "dashboard.log")
+    message(f"started {len(procs)} workers ({', '.join(devices)}), logs in {logs}; "
+            f"Ctrl-C stops them")
     interrupted = 0
+    view = View(err, terminal())
     try:
-        _watch(store, name, procs)
-    except KeyboardInterrupt:
-        interrupted = 1
-        message("stopping workers (they release their jobs); Ctrl-C again kills them")
-        for p in procs:
-            _signal(p, signal.SIGTERM)
-        try:
-            for p in procs:
-                p.wait()
-        except KeyboardInterrupt:
-            for p in procs:
-                _signal(p, signal.SIGKILL)
-            for p in procs:
-                p.wait()
+        with view:
+            try:
+                _watch(store, name, procs, view, tail, dashboard, logs, paths)
+            except KeyboardInterrupt:
+                interrupted = 1
+                message("stopping workers (they release their jobs); Ctrl-C again kills them")
+                for p in procs:
+                    _signal(p, signal.SIGTERM)
+                try:
+                    for p in procs:
+                        p.wait()
+                except KeyboardInterrupt:
+                    for p in procs:
+                        _signal(p, signal.SIGKILL)
+                    for p in procs:
+                        p.wait()
+            if tail is not None:
+                view.lines(tail.lines())
+    finally:
+        if tail is not None:
+            tail.close()
+        if dashboard is not None:
+            dashboard.stop()
     codes = [p.returncode for p in procs]
     if not interrupted:
         _final(store, name)
     if any(codes) and not interrupted:
-        raise RenasError(f"{sum(1 for c in codes if c)} worker(s) exited with an error "
-                         f"(exit codes {codes})")
+        bad = [i for i, c in enumerate(codes) if c]
+        raise RenasError(f"{len(bad)} worker(s) exited with an error (exit codes {codes}); "
+                         f"{paths[bad[0]]} ends: {_last_line(paths[bad[0]])}")
+
+
+def _last_line(path: Path) -> str:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else "(empty)"
 
 
 def _signal(p: subprocess.Popen, sig: int) -> None:
@@ -211,18 +265,32 @@ def _local_devices(n: int) -> list[str]:
     return [f"cuda:{i}" if i < gpus else "cpu" for i in range(n)]
 
 
-def _watch(store: Store, name: str, procs: list[subprocess.Popen[bytes]]) -> None:
-    from rich.live import Live
-
+def _watch(store: Store, name: str, procs: list[subprocess.Popen[bytes]], view: View,
+           tail: LogTail | None, dashboard: DashboardChild | None, logs: Path,
+           paths: list[Path]) -> None:
+    """Refresh the view every STATUS_S (and stream log lines every TICK_S) until every
+    worker has exited."""
     from renas_db.db.reports import search_status
-    with Live(console=err, refresh_per_second=1, transient=True) as live:
-        while any(p.poll() is None for p in procs):
+    st: dict[str, Any] | None = None
+    next_status = 0.0
+    while True:
+        running = any(p.poll() is None for p in procs)
+        if tail is not None:
+            view.lines(tail.lines())
+        if time.monotonic() >= next_status or not running:
+            next_status = time.monotonic() + STATUS_S
+            exited = [f"worker {i + 1} exited with code {p.returncode} (see {paths[i]})"
+                      for i, p in enumerate(procs) if p.returncode]
+            shown = dashboard.state() if dashboard is not None else None
             try:
-                live.update(_status_table(search_status(store, name)))
-            except RenasError as exc:  # an outage: keep the last table, say why
-                err.print(f"status unavailable: {exc}")
-            time.sleep(2)
-        live.update(_status_table(search_status(store, name)))
+                st = search_status(store, name)
+                view.show(st, shown, logs, tail is not None, exited)
+            except RenasError as exc:  # an outage: keep the last view, say why
+                if st is not None:
+                    view.show(st, shown, logs, tail is not None, exited, str(exc))
+        if not running:
+            return
+        time.sleep(TICK_S)
 
 
 def _final(store: Store, name: str) -> None:

@@ -57,6 +57,18 @@ def describe_search(store: Store, name: str) -> dict[str, Any]:
                 "config": search.config, "best": [_individual(i) for i in best]}
 
 
+def expected_examples(cfg: dict[str, Any], kind: str) -> int | None:
+    """The examples a job of this kind trains on, where the config alone says (the
+    executor's arithmetic: init trains init_epochs over the subset, a step fine-tunes on
+    finetune_examples or the subset); None where it takes the dataset's size."""
+    subset = cfg.get("train_subset")
+    if kind == INIT:
+        return max(1, round(float(cfg.get("init_epochs", 1.0)) * subset)) if subset else None
+    if kind == STEP:
+        return cfg.get("finetune_examples") or subset
+    return None
+
+
 def search_status(store: Store, name: str) -> dict[str, Any]:
     """Everything `renas-db status` shows, in one read transaction."""
     with store.transaction(write=False) as s:
@@ -84,7 +96,8 @@ def search_status(store: Store, name: str) -> dict[str, Any]:
                          .where(ControllerSnapshot.search_id == sid)
                          .order_by(ControllerSnapshot.version.desc()).limit(1)).first()
         running = s.execute(select(Job.id, Job.kind, Job.step_index, Job.attempt, Worker.id,
-                                   Worker.host, Worker.pid, Worker.device, Job.heartbeat_at)
+                                   Worker.host, Worker.pid, Worker.device, Job.heartbeat_at,
+                                   Job.progress)
                             .join(Worker, Worker.id == Job.worker_id)
                             .where(Job.search_id == sid, Job.state == RUNNING)
                             .order_by(Job.id)).all()
@@ -120,7 +133,8 @@ def search_status(store: Store, name: str) -> dict[str, Any]:
             "failures": failures,
             "quarantined": quarantined,
             "workers": [{"job": r[0], "kind": r[1], "index": r[2], "attempt": r[3],
-                         "worker": r[4], "host": r[5], "pid": r[6], "device": r[7]}
+                         "worker": r[4], "host": r[5], "pid": r[6], "device": r[7],
+                         "examples_done": r[9], "examples_total": expected_examples(cfg, r[1])}
                         for r in running],
             "unfit_workers": [{"worker": r[0], "host": r[1], "pid": r[2], "device": r[3],
                                "state": r[4],
