@@ -6,7 +6,8 @@ RENAS=${RENAS:-$PWD/.venv/bin/renas-db}
 mkdir -p demo-run
 cd demo-run
 start=$(date +%s)
-# In demo-run/: renas.sqlite (the whole search state) and checkpoints/.
+# In demo-run/: renas.sqlite (the whole search state), checkpoints/ and logs/demo/ (the
+# workers' log lines). Add --dashboard to watch it in a browser while it runs.
 "$RENAS" run demo --workers 2 \
   --dataset fashion-mnist --population 8 --sample 3 --steps 16 --mutator renas \
   --blocks 5 --cells 1 --filters 8 --batch-size 64 \
