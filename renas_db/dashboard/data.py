@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import time
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError
+from sqlalchemy.pool import QueuePool
 
 from renas_db.db.session import mask_url, resolve_url
 from renas_db.errors import ConfigError, NotFoundError, RenasError
@@ -88,10 +89,13 @@ class ReadOnlyDB:
             if not path or path == ":memory:":
                 raise ConfigError("the dashboard needs a file database")
             self.path = path
-            # a connection per request: cheap on SQLite, and a file moved away and back is
-            # seen at once (a pooled connection would hold the old inode)
+            # pooled read-only connections (opening one is most of a small answer), each
+            # dropped at checkout once the path names another file or none: a file moved
+            # away is seen at once, as a connection per request would see it
             self.engine: Engine = create_engine("sqlite://", creator=self._sqlite_connect,
-                                                poolclass=NullPool)
+                                                poolclass=QueuePool, pool_size=4, max_overflow=4)
+            event.listen(self.engine, "connect", self._opened)
+            event.listen(self.engine, "checkout", self._same_file)
         elif self.dialect == "postgresql":
             if parsed.drivername == "postgresql":
                 parsed = parsed.set(drivername="postgresql+psycopg2")
@@ -108,14 +112,28 @@ class ReadOnlyDB:
         self.history = HistoryCache()
 
     def _sqlite_connect(self) -> sqlite3.Connection:
-        deadline = time.monotonic() + self.timeout_s
         conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
                                timeout=self.timeout_s)
         conn.execute("PRAGMA query_only = ON")
-        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
         conn.create_function("sqrt", 1, lambda x: None if x is None or x < 0 else math.sqrt(x),
                              deterministic=True)
         return conn
+
+    def _file_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _opened(self, dbapi_conn: Any, record: Any) -> None:
+        record.info["file"] = self._file_id()
+
+    def _same_file(self, dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        """Pool checkout: a connection to a file the path no longer names is dropped."""
+        here = self._file_id()
+        if here is None or record.info.get("file") != here:
+            raise DisconnectionError("the database file was moved or replaced")
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -128,6 +146,10 @@ class ReadOnlyDB:
         (or tuples)."""
         try:
             with self.engine.connect() as conn:
+                if not self.pg:   # this answer's time limit
+                    deadline = time.monotonic() + self.timeout_s
+                    conn.connection.dbapi_connection.set_progress_handler(  # type: ignore
+                        lambda: int(time.monotonic() > deadline), 10_000)
                 out = []
                 for sql, params in statements:
                     result = conn.execute(text(sql), params)
