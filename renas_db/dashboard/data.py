@@ -7,6 +7,7 @@ would be refused by the database itself. Nothing here writes."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -21,6 +22,8 @@ from sqlalchemy.pool import QueuePool
 
 from renas_db.db.session import mask_url, resolve_url
 from renas_db.errors import ConfigError, NotFoundError, RenasError
+
+log = logging.getLogger("renas_db.dashboard")
 
 #: at most this many points on a curve (and dots) per answer, whatever the history's size
 MAX_POINTS = 1000
@@ -185,6 +188,18 @@ class ReadOnlyDB:
     def ping(self) -> None:
         self.query(("SELECT count(*) AS n FROM searches", {}))
 
+    def warm(self) -> None:
+        """Sweep the histories of the newest searches now (server start, in a thread), so
+        that the first progress answer a page asks for finds them swept."""
+        from renas_db.dashboard.history import MAX_SEARCHES
+        try:
+            ids = [r["id"] for r in self.query(
+                ("SELECT id FROM searches ORDER BY id DESC LIMIT :n", {"n": MAX_SEARCHES}))[0]]
+            for sid in reversed(ids):   # the newest swept last: the least likely dropped
+                self.history.current(self, sid)
+        except RenasError as exc:  # the pages will say so, and the answers sweep later
+            log.warning("dashboard: history not swept at start: %s", exc)
+
     def searches(self) -> list[dict[str, Any]]:
         rows = self.query((f"""
 SELECT s.id, s.name, s.status, s.config, s.study, s.created_at,
@@ -280,16 +295,23 @@ FROM searches s JOIN v_cost c ON c.search_id = s.id ORDER BY s.id""", {"t": True
                 "children": dots(sweep, steps)}
 
     def population(self, name: str) -> list[dict[str, Any]]:
-        """v_population: the alive members, best first, with their age in steps."""
+        """v_population: the alive members, best first, with their age in steps (the
+        children after each). From the swept history when it is there; else counted in
+        SQL (a primary-key range from each member on), so that a fresh dashboard, still
+        sweeping, answers it at once."""
         sid = self._search(name)["id"]
-        sweep = self.history.current(self, sid)
-        rows = self.query(("SELECT id, origin, fitness, val_loss, parent_id, genotype, "
-                           "n_params, mult_adds, created_at, quarantined FROM individuals "
-                           "WHERE search_id = :sid AND alive = :t AND origin IN "
-                           "('init', 'child') ORDER BY fitness DESC, id",
+        sweep = self.history.if_swept(self, sid)
+        age = ("NULL" if sweep is not None else
+               "(SELECT count(*) FROM individuals c WHERE +c.search_id = :sid "
+               "AND c.origin = 'child' AND c.id > i.id)")
+        rows = self.query((f"SELECT i.id, i.origin, i.fitness, i.val_loss, i.parent_id, "
+                           f"i.genotype, i.n_params, i.mult_adds, i.created_at, "
+                           f"i.quarantined, {age} AS age_steps FROM individuals i "
+                           f"WHERE i.search_id = :sid AND i.alive = :t AND i.origin IN "
+                           f"('init', 'child') ORDER BY i.fitness DESC, i.id",
                            {"sid": sid, "t": True}))[0]
         for r in rows:
-            r["age_steps"] = sweep.age(r["id"])
+            r["age_steps"] = sweep.age(r["id"]) if sweep is not None else int(r["age_steps"])
             r["created_at"] = _iso(r["created_at"])
             r["quarantined"] = bool(r["quarantined"])
         return rows

@@ -122,6 +122,14 @@ class HistoryCache:
         self._kept: OrderedDict[int, Kept] = OrderedDict()
         self._lock = threading.Lock()
 
+    def if_swept(self, db: Any, search_id: int) -> Sweep | None:
+        """current() when this search is swept already and no sweep is running, else
+        None (without waiting): for answers that have a cheaper way without it."""
+        if search_id not in self._kept or not self._lock.acquire(blocking=False):
+            return None
+        self._lock.release()
+        return self.current(db, search_id)
+
     def current(self, db: Any, search_id: int) -> Sweep:
         """The history up to the newest visible individual: the kept part extended by
         the settled new rows (kept), then the unsettled ones (this answer's only)."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import threading
 from collections.abc import Callable
 
 from renas_db.errors import ConfigError, RenasError
@@ -40,6 +41,8 @@ def serve(url: str | None, host: str, port: int,
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     say(f"dashboard on http://{shown}:{bound}/ (database {db.masked_url}); Ctrl-C stops it")
+    # the one-time sweeps start now, while the first page is still being opened
+    threading.Thread(target=db.warm, name="dashboard-warm", daemon=True).start()
     config = uvicorn.Config(create_app(db), log_level="warning", access_log=False,
                             lifespan="off")
     try:
