@@ -57,10 +57,30 @@ def test_sweep_extended_between_answers_equals_the_views(store, db_url, tmp_path
                                 f"WHERE search_id = {sid} ORDER BY fitness DESC, id")
             assert [(p["id"], p["age_steps"]) for p in pop] == \
                 [(w["id"], w["age_steps"]) for w in want]
+            fresh = ReadOnlyDB(db_url)   # not swept yet: the ages counted in SQL
+            try:
+                assert [(p["id"], p["age_steps"]) for p in fresh.population("s")] == \
+                    [(w["id"], w["age_steps"]) for w in want]
+                assert fresh.history.if_swept(fresh, sid) is None
+            finally:
+                fresh.dispose()
         kept = db.history._kept[sid]
         assert kept.state.last_id == (0 if settle else
                                       max(r["id"] for r in _view(store,
                                           "SELECT id FROM individuals")))
         assert answers >= 5
+    finally:
+        db.dispose()
+
+
+def test_the_start_sweep_leaves_every_search_swept(store, db_url, tmp_path):
+    cfg = SearchConfig(population=3, sample=2, steps=4, mutator="random", blocks=2,
+                       checkpoint_root=str(tmp_path / "ck"))
+    sids = [searches.create(store, n, cfg) for n in ("a", "b")]
+    db = ReadOnlyDB(db_url)
+    try:
+        assert all(db.history.if_swept(db, sid) is None for sid in sids)
+        db.warm()
+        assert all(db.history.if_swept(db, sid) is not None for sid in sids)
     finally:
         db.dispose()
