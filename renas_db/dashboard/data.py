@@ -319,22 +319,26 @@ FROM searches s JOIN v_cost c ON c.search_id = s.id ORDER BY s.id""", {"t": True
     def controller(self, name: str, *, after: int = 0) -> dict[str, Any]:
         """Controller versions past `after` (at most CONTROLLER_PAGE): reward, baseline,
         the PPO ratio statistics of stale episodes, and the mean mutation size of the
-        children each version proposed."""
+        children each version proposed: the nodes (input, op pairs) each changed in its
+        parent's cell (space.diff), not the actions, which are always B."""
         s = self._search(name)
-        length = "json_array_length(mutation)"
-        snaps, sizes = self.query(
+        snaps, children = self.query(
             ("SELECT version, episodes_seen, mean_reward, baseline, stats, created_at "
              "FROM controller_snapshots WHERE search_id = :sid AND version > :after "
              "ORDER BY version LIMIT :lim",
              {"sid": s["id"], "after": after, "lim": CONTROLLER_PAGE}),
-            (f"SELECT controller_version AS version, avg({length}) AS mutation_size, "
-             f"count(*) AS children FROM individuals WHERE search_id = :sid "
-             f"AND origin = 'child' AND mutation IS NOT NULL AND controller_version > :after "
-             f"AND controller_version <= :after + :lim "
-             f"GROUP BY controller_version ORDER BY controller_version",
-             {"sid": s["id"], "after": after, "lim": CONTROLLER_PAGE}))
+            ("SELECT i.controller_version, i.genotype, p.genotype FROM individuals i "
+             "JOIN individuals p ON p.id = i.parent_id WHERE i.search_id = :sid "
+             "AND i.origin = 'child' AND i.controller_version > :after "
+             "AND i.controller_version <= :after + :lim",
+             {"sid": s["id"], "after": after, "lim": CONTROLLER_PAGE}), tuples=True)
+        changed: dict[int, list[int]] = {}
+        for version, child, parent in children:
+            changed.setdefault(version, []).append(nodes_changed(parent, child))
         versions = []
-        for r in snaps:
+        for row in snaps:
+            r = dict(zip(("version", "episodes_seen", "mean_reward", "baseline", "stats",
+                          "created_at"), row))
             stats = _json(r["stats"]) or {}
             versions.append({"version": r["version"], "episodes_seen": r["episodes_seen"],
                              "mean_reward": r["mean_reward"], "baseline": r["baseline"],
@@ -346,9 +350,8 @@ FROM searches s JOIN v_cost c ON c.search_id = s.id ORDER BY s.id""", {"t": True
                              "created_at": _iso(r["created_at"])})
         return {"search": name, "mutator": s["config"].get("mutator"), "after": after,
                 "versions": versions,
-                "mutation_size": [{"version": r["version"],
-                                   "mutation_size": float(r["mutation_size"]),
-                                   "children": int(r["children"])} for r in sizes]}
+                "mutation_size": [{"version": v, "mutation_size": sum(n) / len(n),
+                                   "children": len(n)} for v, n in sorted(changed.items())]}
 
     def workers(self, name: str, *, after_event: int = 0) -> dict[str, Any]:
         """Running leases with their heartbeat age against the lease, the workers that
@@ -444,6 +447,15 @@ ORDER BY up.depth""", {"id": individual_id}))
             r["alive"] = bool(r["alive"])
         me["lineage"] = chain
         return me
+
+
+def nodes_changed(parent: str, child: str) -> int:
+    """space.diff's count on the genotypes' text (stored canonical, as Genotype.to_text
+    writes it), without parsing: the pairs `IN OP` that differ."""
+    def pairs(text: str) -> list[str]:
+        return [" ".join(h.split()) for block in text.split("|") for h in block.split("+")]
+    a, b = pairs(parent), pairs(child)
+    return sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b))
 
 
 def _checkpoint_state(root: str | None, uri: str | None, alive: bool) -> str:

@@ -9,6 +9,7 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 
+from renas_db import space
 from renas_db.db.history import lineage
 from renas_db.db.models import ControllerSnapshot
 from renas_db.db.readonly import run_read_only
@@ -118,11 +119,12 @@ FROM searches s JOIN v_cost c ON c.search_id = s.id WHERE s.name = '{name}'""")[
         assert [v["mean_reward"] for v in ctl["versions"]] == \
             pytest.approx([w["mean_reward"] for w in want])
         assert ctl["versions"][1]["ratio_mean"] == pytest.approx(1.2)
-        sizes = {}
-        for r in _rows(store, "SELECT controller_version, mutation FROM individuals "
-                              f"WHERE search_id = {sid} AND origin = 'child'"):
-            m = r["mutation"] if isinstance(r["mutation"], list) else json.loads(r["mutation"])
-            sizes.setdefault(r["controller_version"], []).append(len(m))
+        sizes = {}   # the nodes space.diff finds changed between parent and child
+        for r in _rows(store, "SELECT c.controller_version, c.genotype, p.genotype AS pg "
+                              "FROM individuals c JOIN individuals p ON p.id = c.parent_id "
+                              f"WHERE c.search_id = {sid} AND c.origin = 'child'"):
+            n = len(space.diff(space.parse(r["pg"]), space.parse(r["genotype"])))
+            sizes.setdefault(r["controller_version"], []).append(n)
         assert {m["version"]: m["mutation_size"] for m in ctl["mutation_size"]} == \
             pytest.approx({v: sum(x) / len(x) for v, x in sizes.items()})
         assert d.json("/api/searches/k/controller?after=2")["versions"][0]["version"] == 3

@@ -328,7 +328,7 @@
         { label: "clipped share", stroke: "#d62728", spanGaps: true }],
       scales: { x: { time: false } }, axes: [{ label: "controller version" }, { size: 60 }] }));
     const sizeChart = new Chart(sizeBox, () => ({
-      title: "mutation size (actions per child) per version",
+      title: "mutation size (nodes changed per child) per version",
       series: [{ label: "version" }, { label: "mean actions", stroke: "#2ca02c", spanGaps: true }],
       scales: { x: { time: false } }, axes: [{ label: "controller version" }, { size: 60 }] }));
 
