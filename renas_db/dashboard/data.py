@@ -102,7 +102,9 @@ class ReadOnlyDB:
         elif self.dialect == "postgresql":
             if parsed.drivername == "postgresql":
                 parsed = parsed.set(drivername="postgresql+psycopg2")
-            options = (f"-c default_transaction_read_only=on "
+            # jit off: the answers are small, and a correlated count's high estimate made
+            # PostgreSQL spend 130 ms compiling for a 2 ms query
+            options = (f"-c default_transaction_read_only=on -c jit=off "
                        f"-c statement_timeout={int(timeout_s * 1000)}")
             self.engine = create_engine(
                 parsed, pool_size=4, max_overflow=4, pool_pre_ping=True,
