@@ -8,7 +8,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -94,7 +96,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def pgbouncer(pg_url, tmp_path):  # type: ignore[no-untyped-def]
+def pgbouncer(pg_url):  # type: ignore[no-untyped-def]
     """A PgBouncer in transaction mode in front of the test database, 2 server
     connections at most."""
     from sqlalchemy.engine import make_url
@@ -102,9 +104,10 @@ def pgbouncer(pg_url, tmp_path):  # type: ignore[no-untyped-def]
     if not os.path.exists(binary):
         pytest.skip("PGBOUNCER MISSING: install Debian's pgbouncer to test the pooler path")
     url = make_url(pg_url)
-    folder = tmp_path / "bouncer"
-    folder.mkdir()
-    os.chmod(folder, 0o777)  # pgbouncer refuses to run as root: it runs as nobody then
+    # pgbouncer refuses to run as root: it runs as nobody then, which cannot enter
+    # pytest's private tmp_path
+    folder = Path(tempfile.mkdtemp(prefix="renas-bouncer-"))
+    os.chmod(folder, 0o777)
     port = _free_port()
     (folder / "users.txt").write_text(f'"{url.username}" ""\n')
     (folder / "pgbouncer.ini").write_text(f"""[databases]
@@ -131,10 +134,11 @@ logfile = {folder}/pgbouncer.log
         except OSError:
             return proc.poll() is not None
     wait_for(up, timeout=20, what="pgbouncer")
-    assert proc.poll() is None, (folder / "pgbouncer.log").read_text()
+    assert proc.poll() is None, "pgbouncer exited at start"
     yield url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
     proc.terminate()
     proc.wait()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_search_to_e_through_pgbouncer_transaction_mode(pgbouncer, pg_url, tmp_path,
