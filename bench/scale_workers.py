@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -43,6 +44,9 @@ def _worker(url: str, sid: int, child_s: float, separate: bool, start, stop) -> 
     beats = Store(url, pool_size=1) if separate else store
     wid = admin.register_worker(store, "bench", os.getpid(), "none")
     start.wait()
+    # staggered starts: K workers starting together would commit in bursts of K every
+    # child_s, and the measured window would count a whole number of bursts
+    stop.wait(random.Random(os.getpid()).uniform(0, child_s))
     while not stop.is_set():
         job = protocol.claim(store, sid, wid, uuid.uuid4().hex)
         if job is None:
@@ -59,7 +63,8 @@ def _worker(url: str, sid: int, child_s: float, separate: bool, start, stop) -> 
 
 def _beat(store, job, wid: int, done: threading.Event) -> None:  # type: ignore[no-untyped-def]
     from renas_db.db import protocol
-    while not done.wait(1.0):
+    # the worker's interval: min(lease / 4, stall / 4, 10 s)
+    while not done.wait(min(job.config.lease_seconds / 4, job.config.stall_seconds / 4, 10.0)):
         protocol.heartbeat(store, job.id, job.lease_token, wid, None)
 
 
@@ -154,7 +159,7 @@ def run_k(k: int, child_s: float, window: float, bouncer_port: int | None,
                 break
         time.sleep(0.5)
     start.set()
-    time.sleep(child_s * 2 + 2)  # ramp up: every worker has claimed and committed once
+    time.sleep(child_s * 3 + 2)  # ramp up: every worker has claimed and committed once
     q = sa.text("SELECT (SELECT count(*) FROM jobs WHERE search_id = :s AND kind = 'step' "
                 "AND state = 'done'), (SELECT count(*) FROM jobs WHERE search_id = :s AND "
                 "kind = 'step' AND state = 'running')")
@@ -193,9 +198,9 @@ def main() -> None:
     args = ap.parse_args()
     limit = args.direct_max
     if limit is None:
-        # 3 per worker at most before this change (main pool 2 + heartbeat 1), and
-        # room for the sampler and superuser slots
-        limit = (_max_connections() - 10) // 3
+        # a worker keeps 1 connection (3 before issue 20: main pool 2 + heartbeat 1);
+        # room for the sampler, superuser slots and brief overflow connections
+        limit = (_max_connections() - 10) // (3 if args.separate_heartbeat else 1)
     print(f"load: {os.getloadavg()[0]:.2f}; child {args.child_seconds:g} s; "
           f"window {args.window:g} s; direct connections up to K={limit}")
     print(f"{'K':>3} {'via':>9} {'steps/s':>8} {'ideal':>7} {'ratio':>6} {'in flight':>9} "
