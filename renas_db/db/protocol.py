@@ -300,8 +300,9 @@ def commit_job(store: Store, job: ClaimedJob, result: JobResult, worker_id: int)
     A retry after a lost acknowledgement finds its own result and returns it."""
     # No per-search lock here: the fenced job row (locked by its UPDATE) and the victim's
     # row lock (or its reservation by this running job, victim = claim) are all a commit
-    # needs, so commits run in parallel with claims. Nor a finish check: the search is marked finished by the next claim
-    # that finds nothing left to do, which every worker makes after its commit.
+    # needs, so commits run in parallel with claims. Nor a finish check: the search is
+    # marked finished by the next claim that finds nothing left to do, which every worker
+    # makes after its commit.
     try:
         return _commit(store, job, result, worker_id)
     except IntegrityViolation as exc:
