@@ -207,6 +207,10 @@ def test_victims_at_commit_any_number_of_steps_in_flight(store, tmp_path):
     _fill_population(store, sid, wid)
     steps = [protocol.claim(store, sid, wid) for _ in range(7)]
     assert None not in steps and {j.victim_id for j in steps} == {None}
+    idle = admin.register_worker(store, "h", 2, "cpu")
+    assert protocol.claim(store, sid, idle) is None     # every step created: it waits
+    assert search_status(store, "s")["waiting"] == {
+        "count": 1, "why": "all 7 steps created, 7 still running"}
     victims = []
     for i, job in enumerate(steps):
         with store.transaction(write=False) as s:
