@@ -80,11 +80,15 @@ def _waiting(s: Any, search: Any, counts: dict[str, int], steps_done: int, init_
     last = s.scalar(select(func.max(Job.step_index)).where(Job.search_id == search.id,
                                                            Job.kind == STEP))
     created = 0 if last is None else last + 1
-    queued = counts.get(QUEUED, 0)
+    backoff = s.scalar(select(func.count()).where(
+        Job.search_id == search.id, Job.state == QUEUED, Job.not_before > db_now()))
+    ready = counts.get(QUEUED, 0) - int(backoff or 0)
     if search.status not in ("created", "running"):
         why = f"the search is {search.status}"
-    elif queued:
-        why = f"{queued} queued jobs wait out their retry backoff"
+    elif ready:
+        why = "none: a claim would hand out work"
+    elif backoff:
+        why = f"{backoff} queued jobs wait out their retry backoff"
     elif init_done < population:
         why = (f"the initial population is being trained ({init_done}/{population} done): "
                "steps start once it is complete")
