@@ -323,6 +323,9 @@ def _status_table(st: dict[str, Any]) -> Table:
     if st.get("quarantined"):
         rows.append(("quarantined (checkpoint lost; never a parent)",
                      ", ".join(str(i) for i in st["quarantined"])))
+    waiting = st.get("waiting")
+    if waiting and (waiting["count"] or not st["workers"]):
+        rows.append((f"workers waiting for work: {waiting['count']}", waiting["why"]))
     for w in st["workers"]:
         rows.append((f"worker {w['worker']} ({w['host']}:{w['pid']} {w['device']})",
                      f"job {w['job']} {w['kind']} {w['index']} attempt {w['attempt']}"))

@@ -38,6 +38,9 @@ class SearchConfig:
     mutator: str = _f("renas", "how children are mutated",
                       choices=tuple(MUTATORS))
     removal: str = _f("worst", "which individual a step removes", choices=("worst", "oldest"))
+    victim: str = _f("commit", "when a step's victim is chosen: at its commit (no limit on "
+                     "steps in flight) or reserved at its claim (at most P-S+1 in flight)",
+                     choices=("commit", "claim"))
     blocks: int = _f(5, "blocks per cell B", lo=1, hi=12)
     cells: int = _f(2, "cells per stage N during the search", lo=1, hi=12)
     filters: int = _f(24, "filters of the first stage F", lo=2, hi=1024)

@@ -165,8 +165,9 @@ class Worker:
                  progress_factory: ProgressFactory | None = None,
                  executor: Executor | None = None) -> None:
         self.store = store
-        # the heartbeat thread's own engine: a stuck main connection cannot starve it
-        self.heartbeat_store = Store(store.url, pool_size=1)
+        # the heartbeat shares the pool: it checks out the one idle connection while the
+        # job trains, or an overflow connection (closed after use) while the loop holds it
+        self.heartbeat_store = store
         self.options = options
         self.timings = Timings()
         self.stop_requested = threading.Event()

@@ -20,7 +20,7 @@ from renas_db.db.admin import get_search
 from renas_db.db.models import Job, Worker, db_now
 from renas_db.db.session import Store
 from renas_db.db.statements import HOT, PARENT_COLUMNS, individuals_t, jobs_t, searches_t
-from renas_db.errors import IntegrityViolation, LeaseLost, StateError
+from renas_db.errors import ConflictError, IntegrityViolation, LeaseLost, StateError
 from renas_db.evolution import Candidate, Tournament, step_rng, tournament
 from renas_db.jobs import (
     ACTIVE_STATUSES,
@@ -100,6 +100,10 @@ def claim(store: Store, search_id: int, worker_id: int,
     token = token or uuid.uuid4().hex
     job = _claim(store, search_id, worker_id, token)
     faults.point("claim_committed", job)
+    if job is None:
+        # a worker waiting for work is seen alive (status counts the waiting workers)
+        with store.connection() as conn:
+            HOT.run(conn, "idle", {"wid": worker_id})
     return job
 
 
@@ -168,7 +172,9 @@ def _claimed(row: Any, search_id: int, state: Any, config: SearchConfig, token: 
 def _create_step(conn: Connection, search_id: int, state: Any, config: SearchConfig,
                  token: str, worker_id: int) -> ClaimedJob | None:
     """A new step, created already claimed: S of the alive individuals not reserved as
-    another pending step's victim; the tournament is drawn from the step's own seed."""
+    another pending step's victim; the tournament is drawn from the step's own seed. Its
+    victim is chosen at its commit (`victim = commit`, nothing reserved, so a step can
+    always be created), or reserved now (`victim = claim`)."""
     if state.init_pending:
         return None
     step_index = 0 if state.last_step is None else state.last_step + 1
@@ -180,15 +186,16 @@ def _create_step(conn: Connection, search_id: int, state: Any, config: SearchCon
     t = _draw(rows, config, step_index)
     if t is None:
         return None  # every draw sampled only quarantined individuals: wait for a commit
+    victim = t.victim_id if config.victim == "claim" else None
     step = HOT.run(conn, "new_step", {
         "search_id": search_id, "kind": JobKind.STEP, "state": JobState.RUNNING,
-        "parent_id": t.parent_id, "victim_id": t.victim_id, "sample": list(t.sample),
+        "parent_id": t.parent_id, "victim_id": victim, "sample": list(t.sample),
         "step_index": step_index, "attempt": 1, "max_attempts": config.max_attempts,
         "lease_token": token, "worker_id": worker_id}, before=("insert_step",)).one()
     return ClaimedJob(id=step[0], search_id=search_id, search_name=state.name,
                       kind=JobKind.STEP, step_index=step_index, attempt=1, lease_token=token,
                       config=config, checkpoint_root=state.checkpoint_root,
-                      victim_id=t.victim_id, sample=list(t.sample),
+                      victim_id=victim, sample=list(t.sample),
                       parent=ParentInfo(t.parent_id, *step[1:]))
 
 
@@ -292,9 +299,10 @@ def commit_job(store: Store, job: ClaimedJob, result: JobResult, worker_id: int)
     """Apply a finished job exactly once: child alive, victim dead, job done, episode.
     A retry after a lost acknowledgement finds its own result and returns it."""
     # No per-search lock here: the fenced job row (locked by its UPDATE) and the victim's
-    # reservation by this running job are all a commit needs, so commits run in parallel
-    # with claims. Nor a finish check: the search is marked finished by the next claim
-    # that finds nothing left to do, which every worker makes after its commit.
+    # row lock (or its reservation by this running job, victim = claim) are all a commit
+    # needs, so commits run in parallel with claims. Nor a finish check: the search is
+    # marked finished by the next claim that finds nothing left to do, which every worker
+    # makes after its commit.
     try:
         return _commit(store, job, result, worker_id)
     except IntegrityViolation as exc:
@@ -314,13 +322,19 @@ def _commit(store: Store, job: ClaimedJob, result: JobResult, worker_id: int) ->
             # applied only if done under this very token: a job requeued and taken again
             # keeps the old child but is not done by this lease
             if state == JobState.DONE and token == job.lease_token and child_id is not None:
+                job.victim_id = victim
                 return int(child_id)
             if token == job.lease_token and state == JobState.RUNNING:
                 raise StateError(f"job {job.id}: victim {victim} is not alive")
             raise LeaseLost(f"job {job.id}: lease lost (now {state}, attempt {attempt})")
         origin = ORIGIN_OF_KIND[JobKind(row.kind)]
         before: tuple[str, ...] = ("worker_done",)
+        victim = row.victim_id
         if row.kind == JobKind.STEP:
+            if victim is None:
+                victim = _victim_at_commit(conn, job, row.parent_id, row.sample)
+                before += ("set_victim",)
+            job.victim_id = victim  # the collector's candidate
             before += ("kill",)
             if result.log_prob is not None and result.reward is not None:
                 before += ("episode",)
@@ -337,8 +351,49 @@ def _commit(store: Store, job: ClaimedJob, result: JobResult, worker_id: int) ->
             "controller_version": result.controller_version,
             "mutation": result.mutation, "actions": result.mutation or [],
             "log_prob": result.log_prob, "reward": result.reward,
-            "wid": worker_id, "vid": row.victim_id, "jid": job.id}, before=before).scalar_one()
+            "wid": worker_id, "vid": victim, "jid": job.id}, before=before).scalar_one()
         return int(child_id)
+
+
+def _victim_at_commit(conn: Connection, job: ClaimedJob, parent_id: int,
+                      sample: list[int]) -> int:
+    """The victim of a step whose victim is chosen at commit (docs/design.md 3.4): the
+    worst of its sample still alive and not being removed by another commit, never its
+    parent; if none is left, the worst of a fresh sample (up to REDRAWS, from seeds of
+    the step); then the worst alive. removal=oldest: the oldest alive. The row is locked
+    (PostgreSQL: FOR NO KEY UPDATE SKIP LOCKED, which a child's foreign key to it does
+    not wait on), so two commits never pick one victim; SQLite's writer lock serialises
+    commits anyway."""
+    config = job.config
+    inds = individuals_t
+    base = select(inds.c.id).where(inds.c.search_id == job.search_id,
+                                   inds.c.alive.is_(True), inds.c.origin != Origin.RETRAIN)
+
+    def pick(ids: list[int] | None) -> int | None:
+        q = base if ids is None else base.where(inds.c.id.in_(ids))
+        if config.removal == "oldest":
+            q = q.order_by(inds.c.id)
+        else:
+            q = q.where(inds.c.id != parent_id).order_by(inds.c.fitness, inds.c.id.desc())
+        return cast("int | None", conn.execute(
+            q.limit(1).with_for_update(skip_locked=True, key_share=True)).scalar())
+
+    if config.removal == "oldest":
+        found = pick(None)
+    else:
+        found = pick(list(sample))
+        if found is None:
+            alive = sorted(conn.execute(base).scalars())
+            for k in range(1, REDRAWS + 1):
+                rng = random.Random(f"renas-victim:{config.seed}:{job.step_index}:{k}")
+                found = pick(rng.sample(alive, min(config.sample, len(alive))))
+                if found is not None:
+                    break
+            else:
+                found = pick(None)
+    if found is None:  # every alive individual is being removed by another commit
+        raise ConflictError(f"job {job.id}: no victim free to remove, retry")
+    return found
 
 
 def _fenced_job(conn: Connection, job: ClaimedJob) -> Row[Any]:
@@ -388,8 +443,8 @@ def quarantine_parent(store: Store, job: ClaimedJob, why: str) -> int | None:
             return None
         conn.execute(update(jobs).where(jobs.c.id == job.id).values(
             state=JobState.QUEUED, lease_token=None, attempt=jobs.c.attempt - 1,
-            parent_id=t.parent_id, victim_id=t.victim_id, sample=list(t.sample),
-            not_before=None, error=why))
+            parent_id=t.parent_id, sample=list(t.sample), not_before=None, error=why,
+            victim_id=t.victim_id if job.config.victim == "claim" else None))
         _event(conn, "step redrawn", f"job {job.id} (step {job.step_index}): parent "
                f"{t.parent_id}, victim {t.victim_id} instead of parent {job.parent.id}",
                job.search_id, job_id=job.id)
@@ -476,12 +531,15 @@ def requeue_dead(store: Store, name: str) -> dict[str, int]:
                 ok = init_live < config.population
                 init_live += ok
             elif job.kind == JobKind.STEP:
+                # a victim chosen at commit (NULL) needs no check
                 ok = job.victim_id not in reserved and conn.execute(select(func.count()).where(
                     ((inds.c.id == job.victim_id) & inds.c.alive.is_(True))
                     | ((inds.c.id == job.parent_id) & inds.c.checkpoint_uri.is_not(None)
-                       & inds.c.quarantined.is_(False)))).scalar_one() == 2
+                       & inds.c.quarantined.is_(False)))).scalar_one() \
+                    == (1 if job.victim_id is None else 2)
                 if ok:
-                    reserved.add(job.victim_id)
+                    if job.victim_id is not None:
+                        reserved.add(job.victim_id)
                     steps += 1
             else:
                 ok = True

@@ -8,7 +8,15 @@ from sqlalchemy import func, select
 
 from renas_db.checkpoints import open_store
 from renas_db.db.admin import get_search
-from renas_db.db.models import ControllerSnapshot, Episode, Event, Individual, Job, Worker
+from renas_db.db.models import (
+    ControllerSnapshot,
+    Episode,
+    Event,
+    Individual,
+    Job,
+    Worker,
+    db_now,
+)
 from renas_db.db.session import Store
 from renas_db.jobs import PENDING_STATES, JobKind, JobState, Origin
 
@@ -69,6 +77,43 @@ def expected_examples(cfg: dict[str, Any], kind: str) -> int | None:
     return None
 
 
+def _waiting(s: Any, search: Any, counts: dict[str, int], steps_done: int, init_done: int,
+             running: int) -> dict[str, Any]:
+    """Workers waiting for work, and why the search has none for them. Waiting: running,
+    holding no job, and seen (an empty claim renews workers.heartbeat_at) within the
+    search's lease; workers are not tied to one search, so every search counts them."""
+    cfg = search.config
+    lease = float(cfg.get("lease_seconds", 120.0))
+    busy = select(Job.worker_id).where(Job.state == RUNNING, Job.worker_id.is_not(None))
+    n = s.scalar(select(func.count()).where(
+        Worker.state == "running", Worker.heartbeat_at >= db_now(-lease),
+        Worker.id.not_in(busy)))
+    population, steps = int(cfg.get("population", 0)), int(cfg.get("steps", 0))
+    last = s.scalar(select(func.max(Job.step_index)).where(Job.search_id == search.id,
+                                                           Job.kind == STEP))
+    created = 0 if last is None else last + 1
+    backoff = s.scalar(select(func.count()).where(
+        Job.search_id == search.id, Job.state == QUEUED, Job.not_before > db_now()))
+    ready = counts.get(QUEUED, 0) - int(backoff or 0)
+    if search.status not in ("created", "running"):
+        why = f"the search is {search.status}"
+    elif ready:
+        why = "none: a claim would hand out work"
+    elif backoff:
+        why = f"{backoff} queued jobs wait out their retry backoff"
+    elif init_done < population:
+        why = (f"the initial population is being trained ({init_done}/{population} done): "
+               "steps start once it is complete")
+    elif created >= steps:
+        why = f"all {steps} steps created, {running} still running"
+    elif cfg.get("victim") == "claim" and running >= population - int(cfg.get("sample", 0)) + 1:
+        why = (f"{running} steps in flight reserve their victims (victim = claim): at most "
+               "P - S + 1 at once")
+    else:
+        why = "none: a claim would hand out work"
+    return {"count": int(n or 0), "why": why}
+
+
 def search_status(store: Store, name: str) -> dict[str, Any]:
     """Everything `renas-db status` shows, in one read transaction."""
     with store.transaction(write=False) as s:
@@ -114,6 +159,7 @@ def search_status(store: Store, name: str) -> dict[str, Any]:
                           .join(Worker, Worker.id == Event.worker_id)
                           .where(Event.id.in_(newest)).order_by(Event.id.desc())
                           .limit(UNFIT_SHOWN)).all()
+        waiting = _waiting(s, search, counts, steps_done or 0, init_done or 0, len(running))
         quarantined = list(s.scalars(select(Individual.id).where(
             Individual.search_id == sid, Individual.quarantined.is_(True),
             Individual.alive.is_(True)).order_by(Individual.id)))
@@ -132,6 +178,7 @@ def search_status(store: Store, name: str) -> dict[str, Any]:
             "examples_per_model": round(int(examples) / models) if models else None,
             "failures": failures,
             "quarantined": quarantined,
+            "waiting": waiting,
             "workers": [{"job": r[0], "kind": r[1], "index": r[2], "attempt": r[3],
                          "worker": r[4], "host": r[5], "pid": r[6], "device": r[7],
                          "examples_done": r[9], "examples_total": expected_examples(cfg, r[1])}

@@ -137,7 +137,9 @@ def _libpq_version() -> int:
 class Store:
     """A database holding searches. One engine; every unit of work is `transaction()`."""
 
-    def __init__(self, url: str | None = None, *, pool_size: int = 2,
+    # one connection kept per process (a worker: 1 server connection between jobs); up
+    # to 4 more opened while needed at once (the heartbeat during a commit), then closed
+    def __init__(self, url: str | None = None, *, pool_size: int = 1,
                  waits: Waits | None = None) -> None:
         self.url = resolve_url(url)
         self.waits = waits or Waits.from_env()

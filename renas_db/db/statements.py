@@ -169,7 +169,7 @@ HOT = Statements("renas", {
             exists().where(individuals_t.c.id == jobs_t.c.victim_id,
                            individuals_t.c.alive.is_(True))))
     .values(state=JobState.DONE, finished_at=db_now(), error=None)
-    .returning(jobs_t.c.kind, jobs_t.c.parent_id, jobs_t.c.victim_id),
+    .returning(jobs_t.c.kind, jobs_t.c.parent_id, jobs_t.c.victim_id, jobs_t.c.sample),
     "applied": select(jobs_t.c.state, jobs_t.c.attempt, jobs_t.c.lease_token,
                       jobs_t.c.victim_id, individuals_t.c.id)
     .select_from(jobs_t.outerjoin(individuals_t, individuals_t.c.job_id == jobs_t.c.id))
@@ -179,6 +179,9 @@ HOT = Statements("renas", {
                "fitness", "val_loss", "test_accuracy", "n_params", "mult_adds",
                "checkpoint_uri", "checkpoint_sha256", "examples_seen", "train_seconds",
                "controller_version", "mutation")),
+    # a victim chosen at commit, recorded on its step
+    "set_victim": update(jobs_t).where(jobs_t.c.id == job_id).values(
+        victim_id=bindparam("vid", type_=Integer)),
     "kill": update(individuals_t).where(individuals_t.c.id == bindparam("vid", type_=Integer),
                                         individuals_t.c.alive.is_(True)).values(
         alive=False, died_at=db_now(), removed_by_job_id=job_id),
@@ -187,6 +190,8 @@ HOT = Statements("renas", {
     "episode": (insert(episodes_t).values(controller_version=func.coalesce(
         bindparam("controller_version", type_=Integer), 0)),
         ("search_id", "job_id", "actions", "log_prob", "reward", "fitness")),
+    "idle": update(workers_t).where(workers_t.c.id == bindparam("wid", type_=Integer))
+    .values(heartbeat_at=db_now()),
     "worker_done": update(workers_t).where(workers_t.c.id == bindparam("wid", type_=Integer))
     .values(jobs_done=workers_t.c.jobs_done + 1, heartbeat_at=db_now()),
 })

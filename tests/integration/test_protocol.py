@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from renas_db import searches
 from renas_db.config import SearchConfig
@@ -53,8 +53,9 @@ def test_full_search_lifecycle_and_invariants(store, tmp_path):
     for step in range(3):
         job = protocol.claim(store, sid, wid)
         assert job.kind == "step" and job.step_index == step
-        assert job.parent.id in job.sample and job.victim_id in job.sample
+        assert job.parent.id in job.sample and job.victim_id is None  # chosen at commit
         protocol.commit_job(store, job, fake_result_for(job, 0.9), wid)
+        assert job.victim_id in job.sample and job.victim_id != job.parent.id
     assert protocol.claim(store, sid, wid) is None
     st = search_status(store, "s")
     assert st["status"] == "finished" and st["steps_done"] == 3 and st["alive"] == 4
@@ -127,7 +128,8 @@ def _assert_victims_reserved(steps):
 
 
 def test_pause_resume_and_victim_reservation(store, tmp_path):
-    sid = searches.create(store, "s", _config(tmp_path, population=4, sample=2, steps=10))
+    sid = searches.create(store, "s", _config(tmp_path, population=4, sample=2, steps=10,
+                                              victim="claim"))
     wid = admin.register_worker(store, "h", 1, "cpu")
     _fill_population(store, sid, wid)
     admin.set_search_status(store, "s", "paused")
@@ -195,12 +197,43 @@ def test_workers_stop_on_a_paused_search_and_resume_later(store, tmp_path):
     assert search_status(store, "s")["status"] == "finished"
 
 
+def test_victims_at_commit_any_number_of_steps_in_flight(store, tmp_path):
+    """victim = commit: nothing is reserved, so P=4 S=2 hands out 7 steps at once (3
+    with reservation). Each commit removes one alive member of its sample, never its
+    parent, while one is left; then the worst of a fresh sample; never one twice."""
+    from renas_db.db.models import Individual
+    sid = searches.create(store, "s", _config(tmp_path, population=4, sample=2, steps=7))
+    wid = admin.register_worker(store, "h", 1, "cpu")
+    _fill_population(store, sid, wid)
+    steps = [protocol.claim(store, sid, wid) for _ in range(7)]
+    assert None not in steps and {j.victim_id for j in steps} == {None}
+    idle = admin.register_worker(store, "h", 2, "cpu")
+    assert protocol.claim(store, sid, idle) is None     # every step created: it waits
+    assert search_status(store, "s")["waiting"] == {
+        "count": 1, "why": "all 7 steps created, 7 still running"}
+    victims = []
+    for i, job in enumerate(steps):
+        with store.transaction(write=False) as s:
+            alive = set(s.scalars(select(Individual.id).where(Individual.alive.is_(True))))
+        protocol.commit_job(store, job, fake_result_for(job, 0.05 + i / 100), wid)
+        assert job.victim_id in alive and job.victim_id != job.parent.id
+        left = (alive & set(job.sample)) - {job.parent.id}
+        if left:  # the worst of the sample still alive
+            assert job.victim_id in left
+        victims.append(job.victim_id)
+        with store.transaction(write=False) as s:
+            assert s.get(Job, job.id).victim_id == job.victim_id
+            assert s.scalar(select(func.count()).where(Individual.alive.is_(True))) == 4
+    assert len(set(victims)) == 7
+    assert [p for p in check_invariants(store, "s") if not p.startswith("4:")] == []
+
+
 def test_commit_writes_exactly_child_victim_episode_and_counter(store, tmp_path):
     """The commit's statements share one set of parameters (one round trip on
     PostgreSQL): each must write only its own columns. The victim keeps its own genotype
     and fitness, the child gets the result, the episode its fields, the worker +1."""
     from renas_db.db.models import Episode, Individual, Worker
-    sid = searches.create(store, "s", _config(tmp_path, mutator="renas"))
+    sid = searches.create(store, "s", _config(tmp_path, mutator="renas", victim="claim"))
     wid = admin.register_worker(store, "h", 1, "cpu")
     _fill_population(store, sid, wid)
     job = protocol.claim(store, sid, wid)
@@ -230,7 +263,7 @@ def test_commit_refuses_a_dead_victim_and_writes_nothing(store, tmp_path):
     from sqlalchemy import update
 
     from renas_db.db.models import Individual
-    sid = searches.create(store, "s", _config(tmp_path))
+    sid = searches.create(store, "s", _config(tmp_path, victim="claim"))
     wid = admin.register_worker(store, "h", 1, "cpu")
     _fill_population(store, sid, wid)
     job = protocol.claim(store, sid, wid)
