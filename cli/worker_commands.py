@@ -140,6 +140,10 @@ def _worker_command(app: AppContext, name: str, device: str, threads: int,
               show_default=True, help="Local worker processes (GPUs first).")
 @click.option("--threads", type=click.IntRange(1, 1024),
               help="Torch threads per CPU worker (default: cores / workers).")
+@click.option("--workers-per-gpu", "per_gpu", type=click.IntRange(1, 64), default=1,
+              show_default=True,
+              help="Worker processes sharing each GPU (run CUDA MPS for them to overlap; "
+                   "docs/cluster.md).")
 @click.option("--log-dir", default="logs", show_default=True,
               help="Worker logs go to LOG_DIR/NAME/worker-N.log (appended on resume).")
 @click.option("--verbose", "-v", is_flag=True,
@@ -152,8 +156,8 @@ def _worker_command(app: AppContext, name: str, device: str, threads: int,
               help="Workers fake fitness after this many seconds (tests).")
 @config_options
 @pass_app
-def run_cmd(app: AppContext, name: str, n_workers: int, threads: int | None, log_dir: str,
-            verbose: bool, with_dashboard: bool, dashboard_port: int,
+def run_cmd(app: AppContext, name: str, n_workers: int, threads: int | None, per_gpu: int,
+            log_dir: str, verbose: bool, with_dashboard: bool, dashboard_port: int,
             dry_run_seconds: float | None, config_file: str | None, **options: Any) -> None:
     """Create (or resume) a search and run it with local workers, showing live progress.
 
@@ -165,6 +169,9 @@ def run_cmd(app: AppContext, name: str, n_workers: int, threads: int | None, log
 
     Example: renas-db run demo --workers 2 --population 8 --steps 24 --train-subset 2000
     --dashboard
+
+    With --workers-per-gpu K, the first K workers share GPU 0, the next K GPU 1, and so
+    on; workers past the GPUs' slots run on the CPU.
     """
     from renas_db import searches
     from renas_db.cli.run_view import DashboardChild, LogTail, View, log_folder, terminal
@@ -190,7 +197,7 @@ def run_cmd(app: AppContext, name: str, n_workers: int, threads: int | None, log
     env["RENAS_DB_URL"] = store.url  # through the environment: never on a command line
     env.setdefault("PYTHONUNBUFFERED", "1")
     env["PYTHONSAFEPATH"] = "1"  # `-m` must not import a checkout in the current folder
-    devices = _local_devices(n_workers)
+    devices = _local_devices(n_workers, per_gpu)
     cpu_workers = sum(1 for d in devices if d == "cpu")
     per = threads or max(1, (os.cpu_count() or 1) // max(cpu_workers, 1))
     logs = log_folder(log_dir, name)
@@ -256,13 +263,15 @@ def _signal(p: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def _local_devices(n: int) -> list[str]:
-    try:
-        import torch
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:
-        gpus = 0
-    return [f"cuda:{i}" if i < gpus else "cpu" for i in range(n)]
+def _local_devices(n: int, per_gpu: int = 1, gpus: int | None = None) -> list[str]:
+    """The devices of `n` local workers: `per_gpu` on each GPU in turn, the rest CPU."""
+    if gpus is None:
+        try:
+            import torch
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        except Exception:
+            gpus = 0
+    return [f"cuda:{i // per_gpu}" if i < gpus * per_gpu else "cpu" for i in range(n)]
 
 
 def _watch(store: Store, name: str, procs: list[subprocess.Popen[bytes]], view: View,

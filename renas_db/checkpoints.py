@@ -15,6 +15,7 @@ import io
 import os
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -213,6 +214,58 @@ class CheckpointStore:
                 continue
         return removed
 
+
+
+class CheckpointCache:
+    """The checkpoints a worker wrote or read recently, decoded, in memory: a tournament
+    draws the same few parents again and again, and the common case then reads, hashes
+    and unpickles nothing. Bounded by the bytes of their tensors (least
+    recently used out first). An entry is the payload together with the sha256 of the
+    exact bytes written to (or read from) the store; a load is served only when that
+    digest is the database's, so a hit returns what a verified disk read would."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[str, tuple[str, int, dict[str, Any]]] = OrderedDict()
+        self._bytes = 0
+
+    def save(self, store: CheckpointStorage, uri: str, payload: dict[str, Any]) -> str:
+        """`store.save`, keeping the payload under the digest of the bytes written. The
+        payload's tensors must be the caller's own copies (nothing else writes them)."""
+        sha = store.save(uri, payload)  # the digest of encode(payload): these tensors
+        self._put(store.describe(uri), sha, _state_bytes(payload), payload)
+        return sha
+
+    def load(self, store: CheckpointStorage, uri: str, sha256: str | None) -> dict[str, Any]:
+        """The cached payload when its digest is `sha256`, else `store.load` (kept)."""
+        key = store.describe(uri)
+        entry = self._entries.get(key)
+        if entry is not None and sha256 is not None and entry[0] == sha256:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return {**entry[2], "state": dict(entry[2]["state"])}
+        self.misses += 1
+        payload = store.load(uri, sha256)
+        if sha256 is not None:
+            self._put(key, sha256, _state_bytes(payload), payload)
+        return payload
+
+    def _put(self, key: str, sha: str, size: int, payload: dict[str, Any]) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= old[1]
+        if size > self.max_bytes:
+            return
+        self._entries[key] = (sha, size, payload)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, (_, dropped, _) = self._entries.popitem(last=False)
+            self._bytes -= dropped
+
+
+def _state_bytes(payload: dict[str, Any]) -> int:
+    return sum(t.numel() * t.element_size() for t in payload["state"].values())
 
 
 def open_store(root: str | Path) -> CheckpointStorage:

@@ -246,6 +246,15 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None, *,
             done += take
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small per-batch CPU tensor (indices, augmentation draws) on `device`: on a GPU
+    copied from pinned memory without blocking, so the host runs ahead of the kernels
+    (torch's pinned-memory allocator keeps the buffer until the copy is done)."""
+    if device.type != "cuda" or t.device == device:
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1) * 255.0
     s = torch.tensor(std, device=x.device).view(1, -1, 1, 1) * 255.0
@@ -260,20 +269,20 @@ def augment_batch(x: torch.Tensor, augment: Augment, generator: torch.Generator 
     if augment.pad:
         p = augment.pad
         padded = torch.nn.functional.pad(x, (p, p, p, p))
-        dy = torch.randint(0, 2 * p + 1, (n, 1), generator=generator).to(dev)
-        dx = torch.randint(0, 2 * p + 1, (n, 1), generator=generator).to(dev)
+        dy = to_device(torch.randint(0, 2 * p + 1, (n, 1), generator=generator), dev)
+        dx = to_device(torch.randint(0, 2 * p + 1, (n, 1), generator=generator), dev)
         rows = (dy + torch.arange(h, device=dev)).view(n, 1, h, 1)
         cols = (dx + torch.arange(w, device=dev)).view(n, 1, 1, w)
         idx_n = torch.arange(n, device=dev).view(n, 1, 1, 1)
         idx_c = torch.arange(c, device=dev).view(1, c, 1, 1)
         x = padded[idx_n, idx_c, rows, cols]
     if augment.flip:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(dev).view(n, 1, 1, 1)
+        flip = to_device(torch.rand(n, generator=generator) < 0.5, dev).view(n, 1, 1, 1)
         x = torch.where(flip, x.flip(3), x)
     if augment.cutout:
         half = augment.cutout // 2
-        cy = torch.randint(0, h, (n, 1, 1, 1), generator=generator).to(dev)
-        cx = torch.randint(0, w, (n, 1, 1, 1), generator=generator).to(dev)
+        cy = to_device(torch.randint(0, h, (n, 1, 1, 1), generator=generator), dev)
+        cx = to_device(torch.randint(0, w, (n, 1, 1, 1), generator=generator), dev)
         ys = torch.arange(h, device=dev).view(1, 1, h, 1)
         xs = torch.arange(w, device=dev).view(1, 1, 1, w)
         hole = ((ys - cy).abs() <= half) & ((xs - cx).abs() <= half)

@@ -5,6 +5,7 @@ from the database: the job carries what it needs, and a step's mutator comes fro
 worker (renas_db/shared_controller.py)."""
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from typing import Protocol
@@ -12,7 +13,7 @@ from typing import Protocol
 import torch
 
 from renas_db import space
-from renas_db.checkpoints import CheckpointStorage, store_for
+from renas_db.checkpoints import CheckpointCache, CheckpointStorage, store_for
 from renas_db.config import SearchConfig
 from renas_db.controller import controller_config
 from renas_db.data import Dataset, load_dataset
@@ -21,7 +22,13 @@ from renas_db.errors import RenasError
 from renas_db.inherit import inherit, param_groups
 from renas_db.jobs import ClaimedJob, JobKind, JobResult, Progress, checkpoint_uri
 from renas_db.mutators import Mutator, mutation_rng
-from renas_db.network import Network, count_mult_adds, count_parameters, spec_for
+from renas_db.network import (
+    Network,
+    count_mult_adds,
+    count_parameters,
+    spec_for,
+    trace_mult_adds,
+)
 from renas_db.retrain import RetrainRecipe
 from renas_db.timings import Timings
 from renas_db.train import (
@@ -44,6 +51,22 @@ class Executor(Protocol):
 
     def run(self, job: ClaimedJob, mutator: Mutator | None, progress: Progress | None,
             stop: threading.Event) -> JobResult: ...
+
+
+# The parents kept decoded in memory: a search-size child (N=2, F=24) is ~1 MiB of
+# tensors, so this holds a population of 20 many times over.
+CHECKPOINT_CACHE_BYTES = 256 * 2**20
+
+# The overhead levers of issue 16, each switchable back to the old path for
+# bench/worker_overhead.py's before/after table: RENAS_DB_OLD_PATH=count,cache (or
+# "all"). Not a tuning knob: the new paths give the same results, faster.
+LEVERS = ("count", "cache")
+
+
+def old_paths() -> frozenset[str]:
+    raw = os.environ.get("RENAS_DB_OLD_PATH", "")
+    names = {n.strip() for n in raw.split(",") if n.strip()}
+    return frozenset(LEVERS) if "all" in names else frozenset(names & set(LEVERS))
 
 
 def empty_result() -> JobResult:
@@ -73,6 +96,8 @@ class TrainingExecutor:
         self.data_dirs = dict(data_dirs or {})  # this host's --data-dir overrides
         self.timings = timings
         self._datasets: dict[tuple[str, str | None], Dataset] = {}
+        self.old = old_paths()
+        self.cache = CheckpointCache(0 if "cache" in self.old else CHECKPOINT_CACHE_BYTES)
 
     def check(self, config: SearchConfig) -> None:
         """A tiny allocation and kernel on the device, then the search's dataset loaded
@@ -111,13 +136,16 @@ class TrainingExecutor:
         result.arch_hash = genotype.arch_hash()
         with self.timings("count"):
             result.n_params = count_parameters(network)
-            result.mult_adds = count_mult_adds(network)
+            result.mult_adds = (trace_mult_adds if "count" in self.old
+                                else count_mult_adds)(network)
         with self.timings("checkpoint_write"):
             uri = checkpoint_uri(job)
-            state = {k: v.detach().to("cpu").contiguous()
+            # copies, never views of the network's tensors: the cache keeps them
+            state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format,
+                                      copy=True)
                      for k, v in network.state_dict().items()}
-            result.checkpoint_sha256 = self.checkpoints(job).save(
-                uri, {"genotype": result.genotype, "state": state})
+            result.checkpoint_sha256 = self.cache.save(
+                self.checkpoints(job), uri, {"genotype": result.genotype, "state": state})
             result.checkpoint_uri = uri
         return result
 
@@ -155,16 +183,16 @@ class TrainingExecutor:
         with t("load_data"):
             data = self.dataset(cfg.dataset, cfg.data_dir)
         with t("checkpoint_read"):
-            payload = self.checkpoints(job).load(job.parent.checkpoint_uri,
-                                                 job.parent.checkpoint_sha256)
+            payload = self.cache.load(self.checkpoints(job), job.parent.checkpoint_uri,
+                                      job.parent.checkpoint_sha256)
         parent_genotype = space.parse(job.parent.genotype)
         with t("mutate"):
             proposal = mutator.propose(parent_genotype,
                                        mutation_rng(cfg.seed, job.id, job.attempt))
             genotype = parent_genotype.apply(proposal.actions)
         with t("build"):
-            network = Network(genotype, spec_for(cfg.dataset, cells=cfg.cells,
-                                                 filters=cfg.filters))
+            spec = spec_for(cfg.dataset, cells=cfg.cells, filters=cfg.filters)
+            network = Network(genotype, spec)
             report = inherit(parent_genotype, payload["state"], network)
             network = prepare(network, self.device)
             groups = param_groups(network, report, cfg.lr_new, cfg.lr_inherited)

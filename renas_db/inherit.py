@@ -8,6 +8,7 @@ the slices of blocks that became loose ends are fresh. Such partially inherited 
 train at lr_new."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -31,7 +32,10 @@ class InheritReport:
         return self.inherited_scalars / total if total else 1.0
 
 
+@functools.lru_cache(maxsize=256)
 def expected_shapes(genotype: Genotype, spec: NetworkSpec) -> dict[str, torch.Size]:
+    """A network's tensor shapes, from a meta-device build; kept per architecture (a
+    tournament draws the same parents again and again). Callers must not change it."""
     with torch.device("meta"):
         return {k: v.shape for k, v in Network(genotype, spec).state_dict().items()}
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from renas_db.data import Dataset, Split, augment_batch, batches, normalise
+from renas_db.data import Dataset, Split, augment_batch, batches, normalise, to_device
 from renas_db.errors import DeviceError, TrainingStopped
 from renas_db.jobs import Progress
 from renas_db.network import Network
@@ -39,6 +39,11 @@ def resolve_device(device: str | None, threads: int | None = None) -> torch.devi
         raise DeviceError(f"{device} does not exist: this machine has "
                           f"{torch.cuda.device_count()} CUDA device(s)")
     torch.cuda.set_device(index)
+    # cuDNN's autotuner on: it picks each convolution's fastest algorithm once per input
+    # shape and process. A search's children differ in wiring but draw their convolutions
+    # from a small set of shapes (3 widths x 3 kernels x 2 strides x the batch sizes), so
+    # a long-lived worker pays the tuning in its first children and never again, while
+    # every fine-tune and evaluation batch after that runs the tuned kernels.
     torch.backends.cudnn.benchmark = True
     return torch.device("cuda", index)
 
@@ -105,7 +110,7 @@ def fine_tune(network: Network, param_groups: list[dict], dataset: Dataset, *,
     for idx in batches(len(train), batch_size, generator, examples=total):
         if stop is not None and stop.is_set():
             raise TrainingStopped(f"stopped after {seen} examples")
-        idx = idx.to(train.images.device)
+        idx = to_device(idx, train.images.device)
         x = _inputs(augment_batch(train.images[idx], dataset.augment, generator), dataset)
         y = train.labels[idx]
         with _autocast(device):
@@ -129,7 +134,7 @@ def evaluate(network: Network, split: Split, dataset: Dataset, *, device: torch.
     correct, loss_sum = 0, 0.0
     with torch.inference_mode(), _autocast(device):
         for idx in batches(len(split), batch_size, None):
-            idx = idx.to(split.images.device)
+            idx = to_device(idx, split.images.device)
             logits = network(_inputs(split.images[idx], dataset)).float()
             y = split.labels[idx]
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
@@ -165,7 +170,7 @@ def recalibrate_bn(network: Network, split: Split, dataset: Dataset, *, batches_
         with torch.no_grad(), _autocast(device):
             for idx in batches(len(split), batch_size, generator,
                                examples=min(batches_n * batch_size, len(split))):
-                idx = idx.to(split.images.device)
+                idx = to_device(idx, split.images.device)
                 network(_inputs(split.images[idx], dataset))
                 seen += len(idx)
     finally:
@@ -234,7 +239,7 @@ def train_from_scratch(network: Network, dataset: Dataset, *, device: torch.devi
         if stop is not None and stop.is_set():
             raise TrainingStopped(f"stopped after {seen} examples")
         network.drop_prob = drop_path * seen / total
-        idx = idx.to(train.images.device)
+        idx = to_device(idx, train.images.device)
         x = _inputs(augment_batch(train.images[idx], aug, generator), dataset)
         y = train.labels[idx]
         with _autocast(device):

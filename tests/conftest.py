@@ -50,10 +50,14 @@ def pg_admin_url() -> str | None:
 
 
 def pytest_report_header(config):  # type: ignore[no-untyped-def]
+    import torch
+    cuda = ([] if torch.cuda.is_available() else
+            ["CUDA TESTS SKIPPED (tests marked cuda): no GPU on this machine"])
     url = pg_admin_url()
     if url is None:
-        return ["!" * 70, "POSTGRESQL TESTS SKIPPED: " + _pg_state["reason"], "!" * 70]
-    return [f"postgresql: {url}"]
+        return ["!" * 70, "POSTGRESQL TESTS SKIPPED: " + _pg_state["reason"], *cuda,
+                "!" * 70]
+    return [f"postgresql: {url}", *cuda]
 
 
 def pytest_sessionfinish(session, exitstatus):  # type: ignore[no-untyped-def]

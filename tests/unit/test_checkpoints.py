@@ -91,3 +91,46 @@ def test_collect_keeps_the_keep_set_and_young_files(tmp_path):
     removed = store.collect("s", keep=["s/a.pt"], grace_seconds=3600)
     assert removed == ["b.pt"]
     assert sorted(os.listdir(tmp_path / "s")) == ["a.pt", "c.pt"]
+
+
+# -- the worker's in-memory cache of recent checkpoints (issue 16) ---------------------------
+class CountingStore(CheckpointStore):
+    """A folder store that counts its disk reads."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.reads = 0
+
+    def load(self, uri, sha256):
+        self.reads += 1
+        return super().load(uri, sha256)
+
+
+def test_a_checkpoint_written_is_served_from_memory_byte_identical_to_the_file(tmp_path):
+    from renas_db.checkpoints import CheckpointCache, encode
+    store, cache = CountingStore(tmp_path), CheckpointCache(2**20)
+    state = {"w": torch.randn(8, 3, 3, 3), "b": torch.randn(8)}
+    sha = cache.save(store, "s/1-abc.pt", {"genotype": "g", "state": state})
+    payload = cache.load(store, "s/1-abc.pt", sha)
+    assert store.reads == 0 and cache.hits == 1  # without the cache: a disk read
+    data, cached_sha = encode(payload)
+    assert data == (tmp_path / "s" / "1-abc.pt").read_bytes() and cached_sha == sha
+    # a read from disk is kept too: the next load of the same parent reads nothing
+    other = CheckpointStore(tmp_path)
+    sha2 = other.save("s/2-abc.pt", {"genotype": "h", "state": {"w": torch.ones(4)}})
+    for _ in range(3):
+        assert cache.load(store, "s/2-abc.pt", sha2)["genotype"] == "h"
+    assert store.reads == 1
+
+
+def test_the_cache_serves_only_the_databases_digest_and_stays_within_its_bytes(tmp_path):
+    from renas_db.checkpoints import CheckpointCache
+    store, cache = CountingStore(tmp_path), CheckpointCache(3 * 4096)
+    shas = [cache.save(store, f"s/{i}.pt", {"state": {"w": torch.full((1024,), float(i))}})
+            for i in range(4)]  # 4 KiB each: the oldest is dropped
+    cache.load(store, "s/0.pt", shas[0])
+    assert store.reads == 1
+    with pytest.raises(CheckpointError, match="sha256"):  # not the digest it holds: disk
+        cache.load(store, "s/3.pt", shas[2])
+    assert store.reads == 2
+    assert cache.load(store, "s/3.pt", shas[3])["state"]["w"][0] == 3.0 and store.reads == 2

@@ -103,3 +103,25 @@ def test_batchnorm_fast_paths_match_torch(channels):
     torch.testing.assert_close(ours.running_mean, ref.running_mean)
     torch.testing.assert_close(ours.running_var, ref.running_var)
     assert list(ours.state_dict()) == list(ref.state_dict())
+
+
+def test_mult_adds_from_shapes_equal_a_traced_forward_pass():
+    """The shape count (every child, microseconds) against FlopCounterMode (the old
+    per-child trace), over random cells of every dataset shape, dead cells included."""
+    import random
+
+    from renas_db.network import trace_mult_adds
+    from renas_db.space import random_genotype
+    rng = random.Random(3)
+    shapes = [("synthetic", 1, 8), ("fashion-mnist", 2, 8), ("cifar10", 1, 12),
+              ("imagenet", 1, 16)]
+    for i in range(24):
+        dataset, cells, filters = shapes[i % len(shapes)]
+        g = random_genotype(rng.choice([2, 3, 5]), rng)
+        net = Network(g, spec_for(dataset, cells=cells, filters=filters,
+                                  auxiliary=i % 3 == 0))
+        assert count_mult_adds(net) == trace_mult_adds(net), (dataset, g.to_text())
+    # a cell reading only c-2 leaves every other cell dead, the reductions among them
+    dead = Network(parse("0 avg3 + 0 sep3 | 0 sep5 + 0 max3"),
+                   spec_for("imagenet", cells=1, filters=8))
+    assert not all(dead.live) and count_mult_adds(dead) == trace_mult_adds(dead)
