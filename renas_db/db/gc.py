@@ -3,11 +3,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from renas_db.db.models import Individual, Job
 from renas_db.db.session import Store
+from renas_db.db.statements import ADVISORY_NAMESPACE
 from renas_db.jobs import PENDING_STATES, JobKind
+
+
+def _after_claims_in_flight(s: Session, search_id: int) -> None:
+    """Wait for the claims on the search in flight now to commit (PostgreSQL: the shared
+    form of the claims' advisory lock, released at the end of this short transaction).
+
+    Without it a claim can draw a parent P while another worker's commit picks P as its
+    victim (victims chosen at commit do not take the claims' lock): that commit's
+    collector, reading before the claim commits, sees no job needing P and deletes P's
+    checkpoint under the step just handed out. Every statement after the wait sees such a
+    claim's job; a claim that starts later sees P dead and cannot draw it. SQLite needs
+    none: its claims run in the one write transaction at a time, and read what the
+    commit before them wrote."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(select(func.pg_advisory_xact_lock_shared(ADVISORY_NAMESPACE, search_id)))
 
 
 def collectable_checkpoints(store: Store, search_id: int,
@@ -17,6 +34,7 @@ def collectable_checkpoints(store: Store, search_id: int,
     if not candidates:
         return []
     with store.transaction(write=False) as s:
+        _after_claims_in_flight(s, search_id)
         needed = select(Job.parent_id).where(Job.search_id == search_id,
                                              Job.state.in_(PENDING_STATES),
                                              Job.parent_id.is_not(None))
@@ -30,6 +48,7 @@ def live_checkpoints(store: Store, search_id: int) -> set[str]:
     """Every checkpoint the search keeps: alive individuals, retrained networks and the
     parents of pending jobs."""
     with store.transaction(write=False) as s:
+        _after_claims_in_flight(s, search_id)
         # three bounded lookups (alive index, retrain jobs, pending jobs), not one OR
         # that would scan the whole history
         alive = select(Individual.checkpoint_uri).where(

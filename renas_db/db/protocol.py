@@ -192,11 +192,13 @@ def _create_step(conn: Connection, search_id: int, state: Any, config: SearchCon
         "parent_id": t.parent_id, "victim_id": victim, "sample": list(t.sample),
         "step_index": step_index, "attempt": 1, "max_attempts": config.max_attempts,
         "lease_token": token, "worker_id": worker_id}, before=("insert_step",)).one()
-    return ClaimedJob(id=step[0], search_id=search_id, search_name=state.name,
-                      kind=JobKind.STEP, step_index=step_index, attempt=1, lease_token=token,
-                      config=config, checkpoint_root=state.checkpoint_root,
-                      victim_id=victim, sample=list(t.sample),
-                      parent=ParentInfo(t.parent_id, *step[1:]))
+    job = ClaimedJob(id=step[0], search_id=search_id, search_name=state.name,
+                     kind=JobKind.STEP, step_index=step_index, attempt=1, lease_token=token,
+                     config=config, checkpoint_root=state.checkpoint_root,
+                     victim_id=victim, sample=list(t.sample),
+                     parent=ParentInfo(t.parent_id, *step[1:]))
+    faults.point("step_drawn", job)  # tests: the claim's transaction is still open
+    return job
 
 
 REDRAWS = 10

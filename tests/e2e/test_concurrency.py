@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from sqlalchemy import func, select
 
-from renas_db.db.models import Episode, Individual, Job
+from renas_db.db.models import Episode, Event, Individual, Job
 from renas_db.db.session import Store
 from tests.e2e.common import assert_invariants, count, create, events
 from tests.helpers import spawn_worker
@@ -24,6 +25,15 @@ def _run_workers(db_url, tmp_path, name, n, per_worker, *extra):
     return [json.loads(p.read_text()) for p in stats]
 
 
+def _event_counts(store: Store) -> str:
+    with store.transaction(write=False) as s:
+        kinds = s.execute(select(Event.kind, func.count()).group_by(Event.kind)).all()
+        odd = s.scalars(select(Event.message).where(Event.kind.not_in(
+            ("worker started", "worker stopped", "search created", "search finished")))
+            .limit(5)).all()
+    return f"events: {dict(kinds)}; first others: {odd}"
+
+
 @pytest.mark.slow   # 12 worker processes, 2000 jobs
 @pytest.mark.parametrize("backend, n, per_worker", [("postgresql", 8, 200), ("sqlite", 4, 100)])
 def test_concurrent_claims_and_commits(backend, n, per_worker, tmp_path, request):
@@ -35,9 +45,13 @@ def test_concurrent_claims_and_commits(backend, n, per_worker, tmp_path, request
     create(db_url, "c", tmp_path, "--population", "20", "--sample", "2", "--steps",
            str(total - 20), "--mutator", "random", "--lease-seconds", "60")
     stats = _run_workers(db_url, tmp_path, "c", n, per_worker, "--dry-run", "0")
-    assert [s["jobs_done"] for s in stats] == [per_worker] * n     # 0 lost commits
-    assert sum(s["leases_lost"] + s["jobs_failed"] for s in stats) == 0
     store = Store(db_url)
+    why = _event_counts(store)  # what went on, should an assertion fail
+    assert [s["jobs_done"] for s in stats] == [per_worker] * n, why  # 0 lost commits
+    assert sum(s["leases_lost"] + s["jobs_failed"] for s in stats) == 0, why
+    # no parent's checkpoint collected under a step just drawn from it (docs/design.md,
+    # garbage collection: claims in flight)
+    assert events(store, "parent quarantined") == 0, why
     assert count(store, Individual) == total                       # 0 double claims
     assert count(store, Job, Job.state == "done") == total
     assert count(store, Job, Job.attempt > 1) == 0
@@ -54,8 +68,6 @@ def test_controller_episodes_consumed_once_with_4_workers(db_url, tmp_path):
     assert count(store, Episode) == 24
     assert count(store, Episode, Episode.consumed_in_version.is_(None)) == 0
     with store.transaction(write=False) as s:
-        from sqlalchemy import select
-
         from renas_db.db.models import ControllerSnapshot
         versions = list(s.scalars(select(ControllerSnapshot.version)
                                   .order_by(ControllerSnapshot.version)))
