@@ -20,7 +20,14 @@ from renas_db.data import Dataset, load_dataset
 from renas_db.datasets import data_dir_for
 from renas_db.errors import RenasError
 from renas_db.inherit import inherit, param_groups
-from renas_db.jobs import ClaimedJob, JobKind, JobResult, Progress, checkpoint_uri
+from renas_db.jobs import (
+    ClaimedJob,
+    JobKind,
+    JobResult,
+    Progress,
+    checkpoint_uri,
+    parent_checkpoint,
+)
 from renas_db.mutators import Mutator, mutation_rng
 from renas_db.network import (
     Network,
@@ -179,12 +186,12 @@ class TrainingExecutor:
               ) -> tuple[space.Genotype, Network]:
         """Mutate the parent, inherit its weights, fine-tune, evaluate."""
         cfg, t = job.config, self.timings
-        assert job.parent is not None and job.parent.checkpoint_uri is not None
+        uri, sha256 = parent_checkpoint(job)
+        assert job.parent is not None
         with t("load_data"):
             data = self.dataset(cfg.dataset, cfg.data_dir)
         with t("checkpoint_read"):
-            payload = self.cache.load(self.checkpoints(job), job.parent.checkpoint_uri,
-                                      job.parent.checkpoint_sha256)
+            payload = self.cache.load(self.checkpoints(job), uri, sha256)
         parent_genotype = space.parse(job.parent.genotype)
         with t("mutate"):
             proposal = mutator.propose(parent_genotype,

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from renas_db.errors import CheckpointError
+
 if TYPE_CHECKING:
     from renas_db.config import SearchConfig
 
@@ -114,3 +116,14 @@ def checkpoint_uri(job: ClaimedJob) -> str:
     """One checkpoint key per lease, not per job: a frozen worker that wakes up after
     losing its lease can never overwrite the checkpoint of the worker that took over."""
     return f"{job.search_name}/{job.id}-{job.lease_token[:8]}.pt"
+
+
+def parent_checkpoint(job: ClaimedJob) -> tuple[str, str | None]:
+    """The step's parent checkpoint (URI, sha256). A parent whose checkpoint was collected
+    is a CheckpointError, which the worker answers as it does a missing file (the parent
+    quarantined, the step drawn again), not a failed attempt."""
+    parent = job.parent
+    if parent is None or not parent.checkpoint_uri:
+        raise CheckpointError(f"job {job.id}: parent individual "
+                              f"{parent.id if parent else None} has no checkpoint")
+    return parent.checkpoint_uri, parent.checkpoint_sha256

@@ -251,7 +251,12 @@ def test_a_hung_job_is_given_up_by_its_own_worker(store, tmp_path, monkeypatch):
 
 
 # -- fault 3 ------------------------------------------------------------------------------
-def test_a_lost_parent_checkpoint_is_quarantined_and_the_step_drawn_again(store, tmp_path):
+@pytest.mark.parametrize("lost", ["file", "uri"])
+def test_a_lost_parent_checkpoint_is_quarantined_and_the_step_drawn_again(store, tmp_path,
+                                                                         lost):
+    """The file gone, or its row's URI gone (a parent collected under a step drawn from
+    it, as before the collector waited for claims in flight): the same redraw, never a
+    failed attempt."""
     # S = P: every tournament samples the whole population, so the best is the parent
     cfg = _config(tmp_path, population=4, sample=4, steps=5, max_attempts=2,
                   retry_backoff_seconds=0.0)
@@ -261,7 +266,12 @@ def test_a_lost_parent_checkpoint_is_quarantined_and_the_step_drawn_again(store,
         best = s.scalars(select(Individual).where(Individual.search_id == sid)
                          .order_by(Individual.fitness.desc(), Individual.id)).first()
     (Path(cfg.checkpoint_root) / best.checkpoint_uri).unlink()
-    Worker(store, WorkerOptions(search="s", dry_run_seconds=0.0)).run()
+    if lost == "uri":
+        with store.transaction() as s:
+            s.execute(update(Individual).where(Individual.id == best.id).values(
+                checkpoint_uri=None, checkpoint_sha256=None))
+    summary = Worker(store, WorkerOptions(search="s", dry_run_seconds=0.0)).run()
+    assert summary.jobs_failed == 0
     st = search_status(store, "s")
     assert st["status"] == "finished" and st["steps_done"] == 5 and st["jobs"]["dead"] == 0
     assert st["quarantined"] == [best.id]
