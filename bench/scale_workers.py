@@ -17,9 +17,6 @@ import argparse
 import multiprocessing as mp
 import os
 import random
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,7 +27,7 @@ import sqlalchemy as sa
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import PG_ADMIN, fake_result, fresh_pg, migrated_store  # noqa: E402
 
-PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+from renas_db.testing import start_pgbouncer  # noqa: E402
 
 
 def _worker(url: str, sid: int, child_s: float, separate: bool, start, stop) -> None:  # type: ignore[no-untyped-def]
@@ -66,47 +63,6 @@ def _beat(store, job, wid: int, done: threading.Event) -> None:  # type: ignore[
     # the worker's interval: min(lease / 4, stall / 4, 10 s)
     while not done.wait(min(job.config.lease_seconds / 4, job.config.stall_seconds / 4, 10.0)):
         protocol.heartbeat(store, job.id, job.lease_token, wid, None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_pgbouncer(folder: str, pool: int) -> tuple[subprocess.Popen, int]:
-    """PgBouncer in transaction mode in front of the benchmark's server."""
-    admin = sa.engine.make_url(PG_ADMIN)
-    port = _free_port()
-    ini = os.path.join(folder, "pgbouncer.ini")
-    with open(os.path.join(folder, "users.txt"), "w") as fh:
-        fh.write(f'"{admin.username}" ""\n')
-    with open(ini, "w") as fh:
-        fh.write(f"""[databases]
-* = host={admin.host} port={admin.port or 5432} user={admin.username}
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {folder}/users.txt
-pool_mode = transaction
-default_pool_size = {pool}
-max_client_conn = 1000
-ignore_startup_parameters = extra_float_digits
-logfile = {folder}/pgbouncer.log
-""")
-    os.chmod(folder, 0o777)  # pgbouncer refuses root: run as nobody, writing its log here
-    user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    proc = subprocess.Popen([PGBOUNCER, *user, ini], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("pgbouncer did not start")
 
 
 def _server_connections(dbname: str) -> int:
@@ -213,7 +169,12 @@ def main() -> None:
                 if k > limit:
                     if bouncer is None:
                         os.environ["RENAS_DB_PREPARE"] = "0"  # inherited by the workers
-                        bouncer = start_pgbouncer(d, args.bouncer_pool)
+                        server = sa.engine.make_url(PG_ADMIN)
+                        bouncer = start_pgbouncer(d, server.host or "127.0.0.1",
+                                                  server.port or 5432,
+                                                  server.username or "postgres",
+                                                  pool=args.bouncer_pool,
+                                                  max_clients=1000)
                     port = bouncer[1]
                 r = run_k(k, args.child_seconds, args.window, port, args.separate_heartbeat)
                 print(f"{r['k']:>3} {r['via']:>9} {r['rate']:>8.2f} {r['ideal']:>7.2f} "

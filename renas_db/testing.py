@@ -1,10 +1,16 @@
-"""Factories for tests and benchmarks: job results with no training behind them.
+"""Factories for tests and benchmarks: job results with no training behind them, and a
+PgBouncer to put in front of a PostgreSQL server.
 
 Torch-free, so that protocol tests and coordination benchmarks measure the database and
 nothing else.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import time
 from typing import Any
 
 from renas_db.jobs import ClaimedJob, JobResult
@@ -58,3 +64,49 @@ def fake_result_for(job: ClaimedJob,
     checkpoint=False, the checkpoint `<search>/<job id>.pt`. `fields` go to fake_result."""
     uri = f"{job.search_name}/{job.id}.pt" if checkpoint else None
     return fake_result(trained_genotype(job), fitness, checkpoint_uri=uri, **fields)
+
+
+def start_pgbouncer(folder: str, server_host: str, server_port: int, user: str,
+                    database: str = "*", pool: int = 2,
+                    max_clients: int = 100) -> tuple[subprocess.Popen[bytes], int]:
+    """PgBouncer in transaction mode on a free 127.0.0.1 port in front of a PostgreSQL
+    server with trust auth, for `database` ("*": every one); its config and log in
+    `folder`. Returns the process and its port once it answers. PgBouncer refuses to run
+    as root: it runs as nobody then, so `folder` is opened to every user (and must not
+    lie inside a private folder such as pytest's tmp_path)."""
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    with open(os.path.join(folder, "users.txt"), "w") as fh:
+        fh.write(f'"{user}" ""\n')
+    ini = os.path.join(folder, "pgbouncer.ini")
+    with open(ini, "w") as fh:
+        fh.write(f"""[databases]
+{database} = host={server_host} port={server_port} user={user}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {folder}/users.txt
+pool_mode = transaction
+default_pool_size = {pool}
+max_client_conn = {max_clients}
+ignore_startup_parameters = extra_float_digits
+logfile = {folder}/pgbouncer.log
+""")
+    os.chmod(folder, 0o777)
+    as_nobody = ["-u", "nobody"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen([binary, *as_nobody, ini], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"pgbouncer did not start (see {folder}/pgbouncer.log)")

@@ -6,16 +6,14 @@ import os
 import random
 import shutil
 import signal
-import socket
-import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from renas_db.db.session import Store
+from renas_db.testing import start_pgbouncer
 from tests.e2e.common import assert_invariants, create, running_job_of, search_status
 from tests.helpers import spawn_worker, wait_for
 
@@ -89,52 +87,18 @@ def test_more_workers_than_p_minus_s_plus_1_under_kill_9(db_url, tmp_path):
     assert_invariants(db_url, "w", tmp_path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def pgbouncer(pg_url):  # type: ignore[no-untyped-def]
     """A PgBouncer in transaction mode in front of the test database, 2 server
     connections at most."""
     from sqlalchemy.engine import make_url
-    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    if not os.path.exists(binary):
+    if not (shutil.which("pgbouncer") or os.path.exists("/usr/sbin/pgbouncer")):
         pytest.skip("PGBOUNCER MISSING: install Debian's pgbouncer to test the pooler path")
     url = make_url(pg_url)
-    # pgbouncer refuses to run as root: it runs as nobody then, which cannot enter
-    # pytest's private tmp_path
-    folder = Path(tempfile.mkdtemp(prefix="renas-bouncer-"))
-    os.chmod(folder, 0o777)
-    port = _free_port()
-    (folder / "users.txt").write_text(f'"{url.username}" ""\n')
-    (folder / "pgbouncer.ini").write_text(f"""[databases]
-{url.database} = host={url.host} port={url.port or 5432} user={url.username}
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {folder}/users.txt
-pool_mode = transaction
-default_pool_size = 2
-max_client_conn = 100
-logfile = {folder}/pgbouncer.log
-""")
-    user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    proc = subprocess.Popen([binary, *user, str(folder / "pgbouncer.ini")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def up() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return True
-        except OSError:
-            return proc.poll() is not None
-    wait_for(up, timeout=20, what="pgbouncer")
-    assert proc.poll() is None, "pgbouncer exited at start"
+    # pgbouncer runs as nobody under root, which cannot enter pytest's private tmp_path
+    folder = tempfile.mkdtemp(prefix="renas-bouncer-")
+    proc, port = start_pgbouncer(folder, url.host or "127.0.0.1", url.port or 5432,
+                                 url.username or "postgres", url.database or "*", pool=2)
     yield url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
     proc.terminate()
     proc.wait()
