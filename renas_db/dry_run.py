@@ -16,14 +16,7 @@ from renas_db.controller import controller_config
 from renas_db.data import load_dataset
 from renas_db.datasets import data_dir_for
 from renas_db.errors import TrainingStopped
-from renas_db.jobs import (
-    ClaimedJob,
-    JobKind,
-    JobResult,
-    Progress,
-    checkpoint_uri,
-    parent_checkpoint,
-)
+from renas_db.jobs import ClaimedJob, JobKind, JobResult, Progress, checkpoint_uri
 from renas_db.mutators import Mutator, mutation_rng
 
 
@@ -77,10 +70,10 @@ class DryRunExecutor:
             stop: threading.Event) -> JobResult:
         proposal = None
         if job.kind == JobKind.STEP:
-            uri, sha256 = parent_checkpoint(job)
-            assert job.parent is not None and mutator is not None
-            parent = space.parse(job.parent.genotype)
-            self.checkpoints(job).load(uri, sha256)
+            info, uri = job.checkpointed_parent()
+            assert mutator is not None
+            parent = space.parse(info.genotype)
+            self.checkpoints(job).load(uri, info.checkpoint_sha256)
             proposal = mutator.propose(parent, mutation_rng(job.config.seed, job.id,
                                                             job.attempt))
             genotype = parent.apply(proposal.actions)

@@ -20,14 +20,7 @@ from renas_db.data import Dataset, load_dataset
 from renas_db.datasets import data_dir_for
 from renas_db.errors import RenasError
 from renas_db.inherit import inherit, param_groups
-from renas_db.jobs import (
-    ClaimedJob,
-    JobKind,
-    JobResult,
-    Progress,
-    checkpoint_uri,
-    parent_checkpoint,
-)
+from renas_db.jobs import ClaimedJob, JobKind, JobResult, Progress, checkpoint_uri
 from renas_db.mutators import Mutator, mutation_rng
 from renas_db.network import (
     Network,
@@ -186,13 +179,12 @@ class TrainingExecutor:
               ) -> tuple[space.Genotype, Network]:
         """Mutate the parent, inherit its weights, fine-tune, evaluate."""
         cfg, t = job.config, self.timings
-        uri, sha256 = parent_checkpoint(job)
-        assert job.parent is not None
+        parent, uri = job.checkpointed_parent()
         with t("load_data"):
             data = self.dataset(cfg.dataset, cfg.data_dir)
         with t("checkpoint_read"):
-            payload = self.cache.load(self.checkpoints(job), uri, sha256)
-        parent_genotype = space.parse(job.parent.genotype)
+            payload = self.cache.load(self.checkpoints(job), uri, parent.checkpoint_sha256)
+        parent_genotype = space.parse(parent.genotype)
         with t("mutate"):
             proposal = mutator.propose(parent_genotype,
                                        mutation_rng(cfg.seed, job.id, job.attempt))
@@ -218,7 +210,7 @@ class TrainingExecutor:
         result.controller_version = proposal.controller_version
         result.log_prob = proposal.log_prob
         result.reward = controller_config(cfg).episode_reward(
-            result.fitness, job.parent.fitness, proposal.entropy)
+            result.fitness, parent.fitness, proposal.entropy)
         return genotype, network
 
     def _retrain(self, job: ClaimedJob, result: JobResult, progress: Progress | None,

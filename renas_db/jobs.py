@@ -89,6 +89,16 @@ class ClaimedJob:
     sample: list[int] | None = None
     params: dict[str, Any] | None = None   # the retrain recipe
 
+    def checkpointed_parent(self) -> tuple[ParentInfo, str]:
+        """The step's parent and its checkpoint URI. A parent whose checkpoint was
+        collected is a CheckpointError, which the worker answers as it does a missing file
+        (the parent quarantined, the step drawn again), not a failed attempt."""
+        parent = self.parent
+        if parent is None or not parent.checkpoint_uri:
+            raise CheckpointError(f"job {self.id}: parent individual "
+                                  f"{parent.id if parent else None} has no checkpoint")
+        return parent, parent.checkpoint_uri
+
 
 @dataclass
 class JobResult:
@@ -117,13 +127,3 @@ def checkpoint_uri(job: ClaimedJob) -> str:
     losing its lease can never overwrite the checkpoint of the worker that took over."""
     return f"{job.search_name}/{job.id}-{job.lease_token[:8]}.pt"
 
-
-def parent_checkpoint(job: ClaimedJob) -> tuple[str, str | None]:
-    """The step's parent checkpoint (URI, sha256). A parent whose checkpoint was collected
-    is a CheckpointError, which the worker answers as it does a missing file (the parent
-    quarantined, the step drawn again), not a failed attempt."""
-    parent = job.parent
-    if parent is None or not parent.checkpoint_uri:
-        raise CheckpointError(f"job {job.id}: parent individual "
-                              f"{parent.id if parent else None} has no checkpoint")
-    return parent.checkpoint_uri, parent.checkpoint_sha256

@@ -66,6 +66,9 @@ def fake_result_for(job: ClaimedJob,
     return fake_result(trained_genotype(job), fitness, checkpoint_uri=uri, **fields)
 
 
+PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"  # Debian's package
+
+
 def start_pgbouncer(folder: str, server_host: str, server_port: int, user: str,
                     database: str = "*", pool: int = 2,
                     max_clients: int = 100) -> tuple[subprocess.Popen[bytes], int]:
@@ -74,7 +77,6 @@ def start_pgbouncer(folder: str, server_host: str, server_port: int, user: str,
     `folder`. Returns the process and its port once it answers. PgBouncer refuses to run
     as root: it runs as nobody then, so `folder` is opened to every user (and must not
     lie inside a private folder such as pytest's tmp_path)."""
-    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
@@ -98,7 +100,7 @@ logfile = {folder}/pgbouncer.log
 """)
     os.chmod(folder, 0o777)
     as_nobody = ["-u", "nobody"] if os.geteuid() == 0 else []
-    proc = subprocess.Popen([binary, *as_nobody, ini], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([PGBOUNCER, *as_nobody, ini], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and proc.poll() is None:

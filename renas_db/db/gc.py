@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from renas_db.db.models import Individual, Job
 from renas_db.db.session import Store
-from renas_db.db.statements import ADVISORY_NAMESPACE
+from renas_db.db.statements import HOT
 from renas_db.jobs import PENDING_STATES, JobKind
 
 
@@ -23,8 +23,9 @@ def _after_claims_in_flight(s: Session, search_id: int) -> None:
     claim's job; a claim that starts later sees P dead and cannot draw it. SQLite needs
     none: its claims run in the one write transaction at a time, and read what the
     commit before them wrote."""
-    if s.get_bind().dialect.name == "postgresql":
-        s.execute(select(func.pg_advisory_xact_lock_shared(ADVISORY_NAMESPACE, search_id)))
+    conn = s.connection()
+    if conn.dialect.name == "postgresql":
+        HOT.run(conn, "lock_shared", {"sid": search_id})
 
 
 def collectable_checkpoints(store: Store, search_id: int,

@@ -75,6 +75,8 @@ _READY = or_(jobs_t.c.not_before.is_(None), jobs_t.c.not_before <= db_now())
 HOT = Statements("renas", {
     # claims are serialised per search (PostgreSQL; SQLite's BEGIN IMMEDIATE does it there)
     "lock": select(func.pg_advisory_xact_lock(ADVISORY_NAMESPACE, search_id)),
+    # its shared form: waits for the claims in flight (the checkpoint collector's reads)
+    "lock_shared": select(func.pg_advisory_xact_lock_shared(ADVISORY_NAMESPACE, search_id)),
     # Everything a claim decides on, in one statement. Each subquery stays on the
     # (search_id, state, kind) or (search_id, kind, step_index) index: none grows with
     # the history.

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from renas_db.db.session import Store
-from renas_db.testing import start_pgbouncer
+from renas_db.testing import PGBOUNCER, start_pgbouncer
 from tests.e2e.common import assert_invariants, create, running_job_of, search_status
 from tests.helpers import spawn_worker, wait_for
 
@@ -92,7 +92,7 @@ def pgbouncer(pg_url):  # type: ignore[no-untyped-def]
     """A PgBouncer in transaction mode in front of the test database, 2 server
     connections at most."""
     from sqlalchemy.engine import make_url
-    if not (shutil.which("pgbouncer") or os.path.exists("/usr/sbin/pgbouncer")):
+    if not os.path.exists(PGBOUNCER):
         pytest.skip("PGBOUNCER MISSING: install Debian's pgbouncer to test the pooler path")
     url = make_url(pg_url)
     # pgbouncer runs as nobody under root, which cannot enter pytest's private tmp_path
