@@ -6,27 +6,34 @@ here) or `s3://bucket/prefix` (`renas_db.s3store.S3Store`, object storage).
 
 A file write goes to a temporary file in the target folder, is fsynced, renamed, and the
 folder fsynced: a crash at any moment leaves either the whole file or none under its
-name. Reads verify the sha256 and load with weights_only=True (no code can run)."""
+name. Reads verify the sha256 and load with weights_only=True (no code can run).
+
+On disk a network's state is packed (`PackedState`): one buffer per dtype and an index of
+(name, buffer, offset, shape), because torch.save writes a record per tensor and a cell
+network has hundreds of small ones (560 at N=1 F=8: 21 ms to write, 51 ms to read, against
+about 3 and 4 ms packed). Checkpoints of the first format (a plain state dict) still load."""
 from __future__ import annotations
 
 import errno
 import hashlib
 import io
+import math
 import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import torch
 
-from renas_db import store_roots
+from renas_db import levers, store_roots
 from renas_db.errors import CheckpointError, CheckpointRootError, DiskFullError
 from renas_db.jobs import ClaimedJob
 
-FORMAT = "renas-checkpoint-1"
+FORMAT = "renas-checkpoint-2"        # the state packed, one buffer per dtype
+PLAIN_FORMAT = "renas-checkpoint-1"  # the state as torch.save writes a dict: still read
 TMP_PREFIX = ".tmp-"
 
 
@@ -80,16 +87,72 @@ def relative_parts(uri: str) -> tuple[str, ...]:
     return rel.parts
 
 
+class PackedState:
+    """A state dict as one contiguous CPU buffer per dtype plus an index. Packing copies
+    (torch.cat always allocates), so the buffers are the packer's own even when the
+    tensors were a live network's, and a GPU network moves to the host in one copy per
+    dtype instead of one per tensor."""
+
+    def __init__(self, index: list[list[Any]], buffers: dict[str, torch.Tensor]) -> None:
+        self.index, self.buffers = index, buffers
+
+    @classmethod
+    def pack(cls, state: Mapping[str, torch.Tensor]) -> PackedState:
+        parts: dict[str, list[torch.Tensor]] = {}
+        sizes: dict[str, int] = {}
+        index: list[list[Any]] = []
+        for name, tensor in state.items():
+            key = str(tensor.dtype).removeprefix("torch.")
+            offset = sizes.get(key, 0)
+            index.append([name, key, offset, list(tensor.shape)])
+            # reshape copies a channels_last tensor into its logical order
+            parts.setdefault(key, []).append(tensor.detach().reshape(-1))
+            sizes[key] = offset + tensor.numel()
+        return cls(index, {k: torch.cat(v).to("cpu") for k, v in parts.items()})
+
+    def unpack(self) -> dict[str, torch.Tensor]:
+        """The state dict: views of the buffers, in the order it was packed."""
+        return {name: self.buffers[key][offset:offset + math.prod(shape)].view(shape)
+                for name, key, offset, shape in self.index}
+
+    def to_plain(self) -> dict[str, Any]:
+        return {"index": self.index, "buffers": self.buffers}
+
+    @classmethod
+    def from_plain(cls, data: Any, where: str) -> PackedState:
+        """From what torch.load gave back; anything malformed is a CheckpointError."""
+        try:
+            packed = cls(list(data["index"]), dict(data["buffers"]))
+            for name, key, offset, shape in packed.index:
+                buffer = packed.buffers[key]
+                if not (isinstance(name, str) and isinstance(buffer, torch.Tensor)
+                        and buffer.dim() == 1 and isinstance(offset, int) and 0 <= offset
+                        and all(isinstance(d, int) and d >= 0 for d in shape)
+                        and offset + math.prod(shape) <= buffer.numel()):
+                    raise ValueError(name)
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"checkpoint {where} has a malformed packed state") from None
+        return packed
+
+
 def encode(payload: dict[str, Any]) -> tuple[bytes, str]:
-    """A checkpoint's bytes and their sha256."""
+    """A checkpoint's bytes and their sha256. `payload["state"]` is a state dict (on
+    any device) or a PackedState."""
+    state = payload["state"]
     buf = io.BytesIO()
-    torch.save({"format": FORMAT, **payload}, buf)
+    if levers.old("pack"):  # bench/worker_overhead.py's old path: a record per tensor
+        plain = state.unpack() if isinstance(state, PackedState) else state
+        torch.save({**payload, "format": PLAIN_FORMAT, "state": plain}, buf)
+    else:
+        packed = state if isinstance(state, PackedState) else PackedState.pack(state)
+        torch.save({**payload, "format": FORMAT, "state": packed.to_plain()}, buf)
     data = buf.getvalue()
     return data, hashlib.sha256(data).hexdigest()
 
 
 def decode(data: bytes, where: str, sha256: str | None) -> dict[str, Any]:
-    """The payload of a checkpoint's bytes, verified against the database's sha256."""
+    """The payload of a checkpoint's bytes, verified against the database's sha256; its
+    "state" is a state dict whichever format the file has."""
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise CheckpointError(f"checkpoint {where} does not match its sha256 (tampered "
                               "or damaged)")
@@ -98,8 +161,10 @@ def decode(data: bytes, where: str, sha256: str | None) -> dict[str, Any]:
     except Exception as exc:
         raise CheckpointError(f"checkpoint {where} is unreadable or carries code: "
                               f"{str(exc).splitlines()[0][:160]}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in (FORMAT, PLAIN_FORMAT):
         raise CheckpointError(f"{where} is not a renas-db checkpoint")
+    if payload["format"] == FORMAT:
+        payload["state"] = PackedState.from_plain(payload.get("state"), where).unpack()
     return payload
 
 
@@ -232,9 +297,15 @@ class CheckpointCache:
 
     def save(self, store: CheckpointStorage, uri: str, payload: dict[str, Any]) -> str:
         """`store.save`, keeping the payload under the digest of the bytes written. The
-        payload's tensors must be the caller's own copies (nothing else writes them)."""
-        sha = store.save(uri, payload)  # the digest of encode(payload): these tensors
-        self._put(store.describe(uri), sha, _state_bytes(payload), payload)
+        payload's tensors may be a live network's: what is kept is the packed copy."""
+        if levers.old("pack"):  # the old path: a CPU copy per tensor, saved as a dict
+            kept = {**payload, "state": _copies(payload["state"])}
+            sha = store.save(uri, kept)
+        else:
+            packed = PackedState.pack(payload["state"])  # our own copies of the tensors
+            sha = store.save(uri, {**payload, "state": packed})  # the digest of these bytes
+            kept = {**payload, "state": packed.unpack()}
+        self._put(store.describe(uri), sha, _state_bytes(kept), kept)
         return sha
 
     def load(self, store: CheckpointStorage, uri: str, sha256: str | None) -> dict[str, Any]:
@@ -262,6 +333,11 @@ class CheckpointCache:
         while self._bytes > self.max_bytes:
             _, (_, dropped, _) = self._entries.popitem(last=False)
             self._bytes -= dropped
+
+
+def _copies(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+            for k, v in state.items()}
 
 
 def _state_bytes(payload: dict[str, Any]) -> int:

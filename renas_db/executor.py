@@ -5,14 +5,14 @@ from the database: the job carries what it needs, and a step's mutator comes fro
 worker (renas_db/shared_controller.py)."""
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Protocol
 
 import torch
 
-from renas_db import space
+from renas_db import levers, space
 from renas_db.checkpoints import CheckpointCache, CheckpointStorage, store_for
 from renas_db.config import SearchConfig
 from renas_db.controller import controller_config
@@ -21,6 +21,7 @@ from renas_db.datasets import data_dir_for
 from renas_db.errors import RenasError
 from renas_db.inherit import inherit, param_groups
 from renas_db.jobs import ClaimedJob, JobKind, JobResult, Progress, checkpoint_uri
+from renas_db.levers import old_paths
 from renas_db.mutators import Mutator, mutation_rng
 from renas_db.network import (
     Network,
@@ -29,13 +30,15 @@ from renas_db.network import (
     spec_for,
     trace_mult_adds,
 )
+from renas_db.ops import deferred_init
 from renas_db.retrain import RetrainRecipe
 from renas_db.timings import Timings
 from renas_db.train import (
-    evaluate_recalibrated,
+    evaluate,
     fine_tune,
     prepare,
     probe_device,
+    recalibrate_bn,
     resolve_device,
     seeded_generator,
     train_from_scratch,
@@ -56,18 +59,6 @@ class Executor(Protocol):
 # The parents kept decoded in memory: a search-size child (N=2, F=24) is ~1 MiB of
 # tensors, so this holds a population of 20 many times over.
 CHECKPOINT_CACHE_BYTES = 256 * 2**20
-
-# The overhead levers of issue 16, each switchable back to the old path for
-# bench/worker_overhead.py's before/after table: RENAS_DB_OLD_PATH=count,cache (or
-# "all"). Not a tuning knob: the new paths give the same results, faster.
-LEVERS = ("count", "cache")
-
-
-def old_paths() -> frozenset[str]:
-    raw = os.environ.get("RENAS_DB_OLD_PATH", "")
-    names = {n.strip() for n in raw.split(",") if n.strip()}
-    return frozenset(LEVERS) if "all" in names else frozenset(names & set(LEVERS))
-
 
 def empty_result() -> JobResult:
     return JobResult(genotype="", arch_hash="", fitness=0.0, val_loss=None,
@@ -122,32 +113,42 @@ class TrainingExecutor:
             stop: threading.Event) -> JobResult:
         torch.manual_seed(job_seed(job, 1))
         result = empty_result()
+        written: _Written | None = None
         if job.kind == JobKind.INIT:
             genotype, network = self._init(job, result, progress, stop)
         elif job.kind == JobKind.STEP:
             if mutator is None:
                 raise RenasError(f"job {job.id}: a step needs a mutator")
-            genotype, network = self._step(job, mutator, result, progress, stop)
+            genotype, network, written = self._step(job, mutator, result, progress, stop)
         elif job.kind == JobKind.RETRAIN:
             genotype, network = self._retrain(job, result, progress, stop)
         else:
             raise RenasError(f"job kind {job.kind!r} is not supported by this worker")
-        result.genotype = genotype.to_text()
-        result.arch_hash = genotype.arch_hash()
-        with self.timings("count"):
-            result.n_params = count_parameters(network)
-            result.mult_adds = (trace_mult_adds if "count" in self.old
-                                else count_mult_adds)(network)
-        with self.timings("checkpoint_write"):
-            uri = checkpoint_uri(job)
-            # copies, never views of the network's tensors: the cache keeps them
-            state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format,
-                                      copy=True)
-                     for k, v in network.state_dict().items()}
-            result.checkpoint_sha256 = self.cache.save(
-                self.checkpoints(job), uri, {"genotype": result.genotype, "state": state})
-            result.checkpoint_uri = uri
+        try:
+            result.genotype = genotype.to_text()
+            result.arch_hash = genotype.arch_hash()
+            with self.timings("count"):
+                result.n_params = count_parameters(network)
+                result.mult_adds = (trace_mult_adds if "count" in self.old
+                                    else count_mult_adds)(network)
+        except BaseException:
+            if written is not None:
+                written.abandon()
+            raise
+        with self.timings("checkpoint_write"):  # a step's: only the wait for its thread
+            if written is None:
+                written = _Written(self, job, genotype, network, result)
+            written.wait()
         return result
+
+    def _write_checkpoint(self, job: ClaimedJob, genotype: space.Genotype, network: Network,
+                          result: JobResult) -> None:
+        uri = checkpoint_uri(job)
+        # the cache packs the live tensors into its own copy (one per dtype)
+        result.checkpoint_sha256 = self.cache.save(
+            self.checkpoints(job), uri, {"genotype": genotype.to_text(),
+                                         "state": network.state_dict()})
+        result.checkpoint_uri = uri
 
     def _generator(self, job: ClaimedJob) -> torch.Generator:
         return seeded_generator(job_seed(job, 0))
@@ -176,7 +177,7 @@ class TrainingExecutor:
 
     def _step(self, job: ClaimedJob, mutator: Mutator, result: JobResult,
               progress: Progress | None, stop: threading.Event
-              ) -> tuple[space.Genotype, Network]:
+              ) -> tuple[space.Genotype, Network, _Written]:
         """Mutate the parent, inherit its weights, fine-tune, evaluate."""
         cfg, t = job.config, self.timings
         parent, uri = job.checkpointed_parent()
@@ -191,7 +192,8 @@ class TrainingExecutor:
             genotype = parent_genotype.apply(proposal.actions)
         with t("build"):
             spec = spec_for(cfg.dataset, cells=cfg.cells, filters=cfg.filters)
-            network = Network(genotype, spec)
+            with nullcontext() if "noinit" in self.old else deferred_init():
+                network = Network(genotype, spec)  # inherit initialises what it does not copy
             report = inherit(parent_genotype, payload["state"], network)
             network = prepare(network, self.device)
             groups = param_groups(network, report, cfg.lr_new, cfg.lr_inherited)
@@ -201,17 +203,28 @@ class TrainingExecutor:
                           momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           train_subset=cfg.train_subset,
                           generator=self._generator(job), progress=progress, stop=stop)
-        result.fitness, result.val_loss = evaluate_recalibrated(
-            network, data, device=self.device, bn_batches=cfg.bn_batches,
-            batch_size=cfg.batch_size, train_subset=cfg.train_subset,
-            val_examples=cfg.val_examples, generator=self._generator(job), timed=t)
+        with t("recalibrate"):
+            recalibrate_bn(network, data.train.head(cfg.train_subset), data,
+                           batches_n=cfg.bn_batches, batch_size=cfg.batch_size,
+                           generator=self._generator(job), device=self.device)
+        # The weights and statistics are final: the checkpoint is written in a thread
+        # while this one evaluates (which reads the network and changes nothing).
+        written = _Written(self, job, genotype, network, result,
+                           beside=not levers.old("overlap"))
+        try:
+            with t("evaluate"):
+                result.fitness, result.val_loss = evaluate(
+                    network, data.val.head(cfg.val_examples), data, device=self.device)
+        except BaseException:
+            written.abandon()
+            raise
         result.examples_seen, result.train_seconds = r.examples_seen, r.seconds
         result.mutation = space.actions_to_json(proposal.actions)
         result.controller_version = proposal.controller_version
         result.log_prob = proposal.log_prob
         result.reward = controller_config(cfg).episode_reward(
             result.fitness, parent.fitness, proposal.entropy)
-        return genotype, network
+        return genotype, network, written
 
     def _retrain(self, job: ClaimedJob, result: JobResult, progress: Progress | None,
                  stop: threading.Event) -> tuple[space.Genotype, Network]:
@@ -243,3 +256,49 @@ class TrainingExecutor:
         result.test_accuracy = r.test_accuracy
         result.examples_seen, result.train_seconds = r.examples_seen, r.seconds
         return genotype, network
+
+
+class _Written:
+    """A checkpoint write: in a thread of its own (`beside`: a step's, while the job
+    evaluates), else when waited for. `wait` returns once it is durable and raises what
+    the write raised; `abandon` (the job failed after all) waits and deletes it."""
+
+    def __init__(self, executor: TrainingExecutor, job: ClaimedJob, genotype: space.Genotype,
+                 network: Network, result: JobResult, beside: bool = False) -> None:
+        self.executor, self.job, self.result = executor, job, result
+        self._write = lambda: executor._write_checkpoint(job, genotype, network, result)
+        self._error: BaseException | None = None
+        self._ran = False
+        self._thread: threading.Thread | None = None
+        if beside:
+            self._thread = threading.Thread(target=self._beside, name="checkpoint-write",
+                                            daemon=True)
+            self._thread.start()
+
+    def _beside(self) -> None:
+        try:
+            with self.executor.timings("background_checkpoint_write"):
+                self._write()
+        except BaseException as exc:  # raised again by wait, in the job's thread
+            self._error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+        elif not self._ran:
+            self._ran = True
+            self._write()
+
+    def abandon(self) -> None:
+        try:
+            self.wait()
+        except BaseException:
+            return
+        if self.result.checkpoint_uri:
+            try:
+                self.executor.checkpoints(self.job).delete(self.result.checkpoint_uri)
+            except OSError:
+                pass  # the orphan scan collects it
+            self.result.checkpoint_uri = self.result.checkpoint_sha256 = None

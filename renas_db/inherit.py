@@ -12,9 +12,11 @@ import functools
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from renas_db.errors import CheckpointError
 from renas_db.network import Network, NetworkSpec
+from renas_db.ops import Conv2d
 from renas_db.space import Genotype, diff
 
 
@@ -83,22 +85,36 @@ def _is_op_tensor(name: str) -> bool:
 
 def inherit(parent_genotype: Genotype, parent_state: dict[str, torch.Tensor],
             child: Network) -> InheritReport:
-    """Copy into `child` every parent tensor outside the mutated nodes (in place)."""
+    """Copy into `child` every parent tensor outside the mutated nodes (in place). A
+    child built under `ops.deferred_init` has its convolutions initialised here, those
+    whose weight is not copied whole (fresh, or a concatenation reader's partial copy)."""
     check_state(parent_genotype, child.spec, parent_state)
     report = InheritReport()
     mutated = _mutated_prefixes(parent_genotype, child.genotype, child)
     readers = child.concat_readers()
     old_ends = parent_genotype.loose_ends()
     new_ends = child.genotype.loose_ends()
+    resliced = old_ends != new_ends
     child_state = child.state_dict()
     params = {name for name, _ in child.named_parameters()}
+    plan: list[tuple[str, torch.Tensor, torch.Tensor, str]] = []  # name, target, source, how
+    for name, target in child_state.items():
+        found = parent_state.get(name)
+        if found is None or any(name.startswith(p) for p in mutated):
+            plan.append((name, target, target, "fresh"))
+        elif name in readers and resliced:
+            plan.append((name, target, found, "slices"))
+        elif found.shape == target.shape:
+            plan.append((name, target, found, "copy"))
+        elif _is_op_tensor(name):  # a kept op whose shape does not fit after all: afresh
+            plan.append((name, target, target, "fresh"))
+        else:
+            raise CheckpointError(f"parent tensor {name} has shape {tuple(found.shape)}, "
+                                  f"child expects {tuple(target.shape)}")
+    _initialise_deferred(child, {name for name, _, _, how in plan if how == "copy"})
     with torch.no_grad():
-        for name, target in child_state.items():
-            found = parent_state.get(name)
-            fresh = found is None or any(name.startswith(p) for p in mutated)
-            # read below only when not fresh, that is when the parent has the tensor
-            source = target if found is None else found
-            if not fresh and name in readers and old_ends != new_ends:
+        for name, target, source, how in plan:
+            if how == "slices":
                 width = readers[name]
                 copied = False
                 for k_new, block in enumerate(new_ends):
@@ -110,22 +126,25 @@ def inherit(parent_genotype: Genotype, parent_state: dict[str, torch.Tensor],
                 if name in params:
                     (report.partial if copied else report.new).append(name)
                     report.new_scalars += target.numel()
-                continue
-            if not fresh and source.shape != target.shape and _is_op_tensor(name):
-                fresh = True  # a kept op whose shape does not fit after all: start afresh
-            if not fresh and source.shape != target.shape:
-                raise CheckpointError(f"parent tensor {name} has shape {tuple(source.shape)}, "
-                                      f"child expects {tuple(target.shape)}")
-            if fresh:
+            elif how == "fresh":
                 if name in params:
                     report.new.append(name)
                     report.new_scalars += target.numel()
-                continue
-            target.copy_(source)
-            if name in params:
-                report.inherited.append(name)
-                report.inherited_scalars += target.numel()
+            else:
+                target.copy_(source)
+                if name in params:
+                    report.inherited.append(name)
+                    report.inherited_scalars += target.numel()
     return report
+
+
+def _initialise_deferred(child: Network, copied: set[str]) -> None:
+    """Initialise the deferred convolutions whose weight is not in `copied`."""
+    for prefix, module in child.named_modules():
+        if isinstance(module, Conv2d) and module.deferred:
+            if f"{prefix}.weight" not in copied:
+                nn.Conv2d.reset_parameters(module)  # whether or not deferral is on now
+            module.deferred = False
 
 
 def param_groups(network: Network, report: InheritReport, lr_new: float,

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from renas_db import space
 from renas_db.datasets import dataset_info
 from renas_db.errors import GenotypeError, NotFoundError
-from renas_db.ops import OPS, BatchNorm, FactorizedReduce, ReLUConvBN
+from renas_db.ops import OPS, BatchNorm, Conv2d, FactorizedReduce, ReLUConvBN
 from renas_db.space import Genotype
 
 
@@ -159,7 +159,7 @@ class Network(nn.Module):
         kinds: list[tuple[int, bool]] = []  # (channels, reduction)
         if spec.imagenet:
             self.stem = nn.Sequential()
-            self.stem.add_module("conv", nn.Conv2d(spec.in_channels, 32, 3, stride=2,
+            self.stem.add_module("conv", Conv2d(spec.in_channels, 32, 3, stride=2,
                                                    padding=1, bias=False))
             self.stem.add_module("bn", BatchNorm(32))
             c_stem = 32
@@ -167,7 +167,7 @@ class Network(nn.Module):
         else:
             c_stem = spec.stem_multiplier * f
             self.stem = nn.Sequential()
-            self.stem.add_module("conv", nn.Conv2d(spec.in_channels, c_stem, 3, padding=1,
+            self.stem.add_module("conv", Conv2d(spec.in_channels, c_stem, 3, padding=1,
                                                    bias=False))
             self.stem.add_module("bn", BatchNorm(c_stem))
         kinds += [(f, False)] * n + [(2 * f, True)] + [(2 * f, False)] * n + \
@@ -180,10 +180,11 @@ class Network(nn.Module):
         # which earlier output each cell's preprocessing reads (-1 = the stem)
         self.sources: list[tuple[int, int]] = []
         for i, (c, reduction) in enumerate(kinds):
-            cell = Cell(genotype, c_prev_prev, c_prev, c, reduction, reduction_prev)
             # A cell whose output no later cell reads (a genotype that ignores c-1 or
             # c-2) is not built: it could never receive a gradient.
-            self.cells.append(cell if self.live[i] else DeadCell(cell.out_channels))
+            cell = (Cell(genotype, c_prev_prev, c_prev, c, reduction, reduction_prev)
+                    if self.live[i] else DeadCell(c * len(genotype.loose_ends())))
+            self.cells.append(cell)
             self.sources.append((i - 2 if i >= 2 else -1, i - 1))
             c_prev_prev, c_prev, reduction_prev = c_prev, cell.out_channels, reduction
             if i == aux_after:

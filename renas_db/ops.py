@@ -4,7 +4,9 @@ Module names are stable and descriptive: they are the keys of parameter inherita
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,37 @@ def _dense_channels_last(grad: torch.Tensor) -> torch.Tensor:
     return grad.contiguous(memory_format=torch.channels_last)
 
 
+_deferral = threading.local()
+
+
+@contextmanager
+def deferred_init() -> Iterator[None]:
+    """Convolutions built inside (in this thread) skip their random initialisation and
+    are marked `deferred`: a child built to inherit its parent's weights overwrites most
+    of them at once (kaiming-uniform for ~250 convolutions is about a third of building
+    a N=1 F=8 network). Whoever builds so must initialise what it does not copy
+    (`renas_db.inherit.inherit` does)."""
+    _deferral.on = True
+    try:
+        yield
+    finally:
+        _deferral.on = False
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters and state-dict keys) whose initialisation can be
+    deferred (`deferred_init`)."""
+
+    deferred = False
+
+    def reset_parameters(self) -> None:
+        if getattr(_deferral, "on", False):
+            self.deferred = True
+            return
+        self.deferred = False
+        super().reset_parameters()
+
+
 class BatchNorm(nn.BatchNorm2d):
     """nn.BatchNorm2d (same parameters and state-dict keys) that avoids both slow paths
     on CPU channels_last inputs; anything else goes straight to nn.BatchNorm2d."""
@@ -46,7 +79,7 @@ class ReLUConvBN(nn.Module):
     def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1,
                  padding: int = 0) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False)
+        self.conv = Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False)
         self.bn = BatchNorm(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,12 +93,12 @@ class SepConv(nn.Module):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int) -> None:
         super().__init__()
         pad = kernel // 2
-        self.depthwise1 = nn.Conv2d(c_in, c_in, kernel, stride=stride, padding=pad,
+        self.depthwise1 = Conv2d(c_in, c_in, kernel, stride=stride, padding=pad,
                                     groups=c_in, bias=False)
-        self.pointwise1 = nn.Conv2d(c_in, c_in, 1, bias=False)
+        self.pointwise1 = Conv2d(c_in, c_in, 1, bias=False)
         self.bn1 = BatchNorm(c_in)
-        self.depthwise2 = nn.Conv2d(c_in, c_in, kernel, padding=pad, groups=c_in, bias=False)
-        self.pointwise2 = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.depthwise2 = Conv2d(c_in, c_in, kernel, padding=pad, groups=c_in, bias=False)
+        self.pointwise2 = Conv2d(c_in, c_out, 1, bias=False)
         self.bn2 = BatchNorm(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,8 +115,8 @@ class FactorizedReduce(nn.Module):
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
-        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
-        self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, bias=False)
+        self.conv_1 = Conv2d(c_in, c_out // 2, 1, bias=False)
+        self.conv_2 = Conv2d(c_in, c_out - c_out // 2, 1, bias=False)
         self.bn = BatchNorm(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,16 @@
 memory between jobs, and the optimistic fold of finished episodes into the next one.
 
 Snapshot versions are the try-lock: writing version v+1 succeeds for exactly one
-worker, and it consumes exactly the episodes it folded (renas_db/db/snapshots.py)."""
+worker, and it consumes exactly the episodes it folded (renas_db/db/snapshots.py).
+
+A worker folds in a thread of its own while its next job runs (renas_db/worker.py), so
+the cached trainers are copy-on-write: a fold updates a deep copy and publishes it only
+once its snapshot is saved, and a mutator never sees a trainer change under it."""
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 
 from renas_db import space
 from renas_db.config import SearchConfig
@@ -23,7 +29,9 @@ FOLD_TRIES = 20  # a worker that keeps losing the race gives up; the winners fol
 class SharedController:
     def __init__(self, store: Store) -> None:
         self.store = store
+        # search id -> the newest trainer this worker has; never changed once published
         self._trainers: dict[int, ControllerTrainer] = {}
+        self._lock = threading.Lock()
 
     def trainer(self, job: ClaimedJob) -> ControllerTrainer:
         """The newest snapshot of the job's search, read again only when another worker
@@ -31,15 +39,24 @@ class SharedController:
         return self._trainer(job.search_id, job.config)
 
     def _trainer(self, search_id: int, config: SearchConfig) -> ControllerTrainer:
-        cached = self._trainers.get(search_id)
+        with self._lock:
+            cached = self._trainers.get(search_id)
         latest = retrying("snapshot version", snapshots.latest_version, self.store,
                           search_id)
         if cached is None or cached.version != latest:
             _, state, _ = retrying("snapshot", snapshots.latest_snapshot, self.store,
                                    search_id)
             cached = ControllerTrainer.from_bytes(state, controller_config(config))
-            self._trainers[search_id] = cached
+            self._publish(search_id, cached)
         return cached
+
+    def _publish(self, search_id: int, trainer: ControllerTrainer) -> None:
+        """Keep `trainer` unless a newer one is kept already (a fold in the other thread
+        may have published its update while this one was being read)."""
+        with self._lock:
+            kept = self._trainers.get(search_id)
+            if kept is None or kept.version <= trainer.version:
+                self._trainers[search_id] = trainer
 
     def mutator(self, job: ClaimedJob) -> Mutator:
         """The search's mutator, with the newest snapshot where it needs the controller."""
@@ -66,28 +83,24 @@ class SharedController:
                                 search_id)
             if not episodes:
                 return None
-            trainer = self._trainer(search_id, config)
+            # a copy: the published trainer may be sampling in the worker's main thread
+            trainer = copy.deepcopy(self._trainer(search_id, config))
             version = trainer.version
-            saved = False
-            try:
-                # the reward as recorded when the child was made (its entropy bonus
-                # is that of the decisions as they were sampled)
-                stats = trainer.update([Episode(space.parse(e.parent_genotype),
-                                                space.actions_from_json(e.actions),
-                                                e.log_prob, e.fitness,
-                                                parent_fitness=e.parent_fitness,
-                                                reward=e.reward) for e in episodes])
-                state = trainer.to_bytes()
-                saved = retrying(
-                    "controller update", snapshots.save_update, self.store, search_id,
-                    version, state, [e.id for e in episodes],
-                    episodes_seen=trainer.episodes_seen, mean_reward=stats["mean_reward"],
-                    baseline=stats["baseline"], stats=stats)
-            finally:
-                if not saved:
-                    # the update changed the cached copy only: drop it, re-read, retry
-                    self._trainers.pop(search_id, None)
+            # the reward as recorded when the child was made (its entropy bonus
+            # is that of the decisions as they were sampled)
+            stats = trainer.update([Episode(space.parse(e.parent_genotype),
+                                            space.actions_from_json(e.actions),
+                                            e.log_prob, e.fitness,
+                                            parent_fitness=e.parent_fitness,
+                                            reward=e.reward) for e in episodes])
+            state = trainer.to_bytes()
+            saved = retrying(
+                "controller update", snapshots.save_update, self.store, search_id,
+                version, state, [e.id for e in episodes],
+                episodes_seen=trainer.episodes_seen, mean_reward=stats["mean_reward"],
+                baseline=stats["baseline"], stats=stats)
             if saved:
+                self._publish(search_id, trainer)
                 log.info("controller v%d: %d episodes, mean reward %.3f", version + 1,
                          len(episodes), stats["mean_reward"])
                 return stats

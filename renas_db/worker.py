@@ -1,4 +1,5 @@
-"""The worker loop: claim, run, commit, update the controller, repeat.
+"""The worker loop: claim, run, commit, repeat; the controller update and the checkpoint
+GC of each commit run in a thread beside the next job (`_after_commit`).
 
 Any number of these run against one database; none is special. This module speaks the
 protocol only: the torch work is the executor's (renas_db/executor.py), the shared
@@ -18,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from renas_db import faults
+from renas_db import faults, levers
 from renas_db.checkpoints import CheckpointStorage, store_at
 from renas_db.collector import CheckpointCollector
 from renas_db.config import SearchConfig
@@ -185,6 +186,11 @@ class Worker:
         self._folded: set[int] = set()  # searches whose leftover episodes this worker folded
         self._fit: set[int] = set()          # searches this worker checked it can serve
         self._unfit: dict[int, str] = {}     # searches it cannot serve: the one line why
+        # the controller update and GC of the last commit, running beside the next job
+        self._after: threading.Thread | None = None
+        self._after_failed: BaseException | None = None
+        self._off_db = threading.Event()  # the loop is done with the database for now
+        self._off_db.set()
 
     # -- signals ------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -215,6 +221,7 @@ class Worker:
                 with self.timings("claim"):
                     job, more, blocked = self._claim()
                 if job is None:
+                    self._off_db.set()
                     if not more and blocked:
                         reason = "unfit"
                         raise WorkerUnfit(" | ".join(self._unfit[sid] for sid in blocked))
@@ -231,7 +238,9 @@ class Worker:
                 idle_since = time.monotonic()
                 self.summary.jobs.append({"kind": job.kind, "wall": time.perf_counter() - t0,
                                           **self.timings.since(before)})
+            self._join_after_commit()
         finally:
+            self._join_after_commit(quiet=True)
             self._stopped(reason, time.perf_counter() - start)
         return self.summary
 
@@ -350,16 +359,64 @@ class Worker:
             return
         if job.kind == JobKind.STEP:
             faults.point("step_committed", job)  # tests: die before the controller update
-        if job.kind == JobKind.STEP and self.controllers.trains(job):
-            self._update_controller(job)
-        with self.timings("gc"):
-            self.collector.after_commit(job)
+        self._after_commit(job)
 
-    def _update_controller(self, job: ClaimedJob) -> None:
+    def _update_controller(self, job: ClaimedJob, phase: str = "controller") -> None:
         """Fold the search's unconsumed episodes into the shared controller."""
-        with self.timings("controller"):
+        with self.timings(phase):
             if self.controllers.fold(job) is not None:
                 self.summary.controller_updates += 1
+
+    # -- after a commit: the controller update and the GC, beside the next job -----------
+    def _after_commit(self, job: ClaimedJob) -> None:
+        """Start the committed job's controller update and checkpoint GC in a thread, and
+        go on to the next claim: neither is on the next job's critical path. One runs at
+        a time (the next commit waits for it). It starts once the next job is training (its
+        first progress report), after the loop's claim, snapshot, mutation and build: the
+        two threads then rarely need two connections at once, and the update's Python
+        runs while the loop's thread mostly waits in torch kernels.
+        The next child of this worker is mutated with the snapshot before this update
+        (one version staler, as any child of a many-worker search may be); the update
+        itself is unchanged: one worker writes each version, each episode is folded
+        once (docs/design.md 3.5)."""
+        self._join_after_commit()
+        fold = job.kind == JobKind.STEP and self.controllers.trains(job)
+        if levers.old("overlap"):  # bench/worker_overhead.py's old path: in the loop
+            self._after_commit_work(job, fold, "")
+            self._join_after_commit()
+            return
+        self._off_db.clear()
+        self._after = threading.Thread(target=self._after_commit_work,
+                                       args=(job, fold, "background_"),
+                                       name="after-commit", daemon=True)
+        self._after.start()
+
+    def _after_commit_work(self, job: ClaimedJob, fold: bool, phase: str) -> None:
+        try:
+            self._off_db.wait()
+            if fold:
+                self._update_controller(job, f"{phase}controller")
+            faults.point("controller_folded", job)  # tests: the update done, GC not yet
+            with self.timings(f"{phase}gc"):
+                self.collector.after_commit(job)
+        except BaseException as exc:  # raised again in the loop's thread
+            self._after_failed = exc
+
+    def _join_after_commit(self, quiet: bool = False) -> None:
+        """Wait for the last commit's update and GC; raise what they raised (a database
+        that stayed away makes the worker give up, as it would have in the loop), or
+        with `quiet` (the loop is ending on another error) only log it."""
+        thread, self._after = self._after, None
+        if thread is not None:
+            self._off_db.set()
+            with self.timings("after_commit_wait"):
+                thread.join()
+        failed, self._after_failed = self._after_failed, None
+        if failed is None:
+            return
+        if not quiet:
+            raise failed
+        log.error("the controller update or GC after the last commit failed: %s", failed)
 
     def _run(self, job: ClaimedJob) -> JobResult | None:
         """The job's result, or None when it was given back, failed or its lease lost."""
@@ -372,6 +429,7 @@ class Worker:
                        self.stop_training) as beat:
 
             def progress(done: int, total: int) -> None:
+                self._off_db.set()  # training: the after-commit thread's turn
                 beat.progress(done, total)
                 if shown is not None:
                     shown(done, total)
@@ -382,6 +440,7 @@ class Worker:
                         mutator = self.controllers.mutator(job)
                 result = self.executor.run(job, mutator, progress, self.stop_training)
             except Exception as exc:
+                self._off_db.set()
                 if beat.stalled.is_set():  # given up already: its retry is queued
                     self.summary.jobs_failed += 1
                     log.warning("job %d: given up as stalled (%s)", job.id,
@@ -389,6 +448,7 @@ class Worker:
                     return None
                 self._after_error(job, exc, beat)
                 return None
+            self._off_db.set()
             if beat.stalled.is_set():
                 self.summary.jobs_failed += 1
                 self.collector.discard(job, result.checkpoint_uri)

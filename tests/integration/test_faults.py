@@ -18,7 +18,7 @@ from renas_db.db.reports import check_invariants, search_status
 from renas_db.db.session import Store
 from renas_db.dry_run import HANG_FILE
 from renas_db.errors import ConflictError, DatabaseUnavailable, LeaseLost, StateError
-from renas_db.shared_controller import fold_leftovers
+from renas_db.shared_controller import SharedController, fold_leftovers
 from renas_db.testing import fake_result_for
 from renas_db.worker import Worker, WorkerOptions
 
@@ -362,6 +362,61 @@ def test_leftover_episodes_are_folded_at_the_next_claim_and_in_recover(store, tm
     assert fold_leftovers(store, "s") == 1   # recover folds what the second one left
     assert snapshots.unconsumed_episodes(store, sid) == []
     assert snapshots.latest_version(store, sid) == 2
+
+
+def test_the_next_step_runs_while_the_last_commits_controller_update_is_in_flight(
+        store, tmp_path, hooks, monkeypatch):
+    """Issue 16: the controller update is off the next job's critical path. The first
+    step's fold is held until the worker has committed its second step (a fold in the
+    loop's thread would wait for itself and time out); then every episode is folded
+    exactly once and the worker's updates are the snapshot versions."""
+    sid = searches.create(store, "s", _config(tmp_path, mutator="renas", steps=4, blocks=2))
+    real = SharedController.fold_search
+    steps_committed = threading.Event()
+    held: list[int] = []
+
+    def fold_held(self, search_id, config):
+        # the first update with an episode to fold (the first step's)
+        if not held and snapshots.unconsumed_episodes(store, search_id):
+            held.append(1)
+            assert steps_committed.wait(20), "the next step waited for the update"
+        return real(self, search_id, config)
+    monkeypatch.setattr(SharedController, "fold_search", fold_held)
+    commits: list[int] = []
+
+    def committed(job):
+        commits.append(job.id)
+        if len(commits) == 2:
+            steps_committed.set()
+    hooks["step_committed"] = committed
+    summary = Worker(store, WorkerOptions(search="s", dry_run_seconds=0.0)).run()
+    assert summary.jobs_done == 8 and summary.jobs_failed == 0
+    with store.transaction(write=False) as s:
+        episodes = s.execute(select(Episode.job_id, Episode.controller_version,
+                                    Episode.consumed_in_version).order_by(Episode.id)).all()
+    assert len(episodes) == 4 and all(e.consumed_in_version is not None for e in episodes)
+    # the second step was mutated with the snapshot before the first one's update
+    assert episodes[1].controller_version == episodes[0].controller_version == 0
+    assert episodes[0].consumed_in_version == episodes[1].consumed_in_version == 1
+    assert summary.controller_updates == snapshots.latest_version(store, sid)
+    assert search_status(store, "s")["status"] == "finished"
+
+
+def test_a_controller_update_that_fails_in_the_background_ends_the_worker_with_its_error(
+        store, tmp_path, monkeypatch):
+    """A database that stays away during the update ends the worker as it did when the
+    update ran in the loop; the episode stays for the next worker to fold."""
+    sid = searches.create(store, "s", _config(tmp_path, mutator="renas", steps=3, blocks=2))
+
+    def gone(self, search_id, config):
+        raise DatabaseUnavailable("database unavailable: the server went away")
+    monkeypatch.setattr(SharedController, "fold_search", gone)
+    with pytest.raises(DatabaseUnavailable, match="went away"):
+        Worker(store, WorkerOptions(search="s", dry_run_seconds=0.0)).run()
+    monkeypatch.undo()
+    Worker(store, WorkerOptions(search="s", dry_run_seconds=0.0)).run()
+    assert snapshots.unconsumed_episodes(store, sid) == []
+    assert search_status(store, "s")["status"] == "finished"
 
 
 def test_an_io_error_during_gc_does_not_end_the_worker(store, tmp_path, monkeypatch):

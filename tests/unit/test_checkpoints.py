@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from renas_db.checkpoints import CheckpointStore
+from renas_db.checkpoints import PLAIN_FORMAT, CheckpointStore, PackedState, encode
 from renas_db.errors import CheckpointError
 
 
@@ -21,6 +21,50 @@ def test_round_trip(tmp_path):
     assert torch.equal(payload["state"]["w"], state["w"]) and payload["genotype"] == "g"
     assert store.verify("s/1-abc.pt", sha)
     assert [p.name for p in (tmp_path / "s").iterdir()] == ["1-abc.pt"]
+
+
+def test_a_network_state_is_packed_one_buffer_per_dtype_and_reads_back_exactly(tmp_path):
+    """channels_last weights, int64 counters, 0-d and empty tensors: each comes back with
+    its values and shape, from a file holding one record per dtype, not one per tensor."""
+    torch.manual_seed(0)
+    state = {"conv": torch.randn(4, 3, 3, 3).to(memory_format=torch.channels_last),
+             "bn.count": torch.tensor(7), "bias": torch.randn(4), "none": torch.zeros(0, 3),
+             "half": torch.randn(5).to(torch.bfloat16)}
+    store = CheckpointStore(tmp_path)
+    sha = store.save("s/p.pt", {"genotype": "g", "state": state})
+    back = store.load("s/p.pt", sha)["state"]
+    assert list(back) == list(state)
+    for k, v in state.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape and torch.equal(back[k], v)
+    raw = torch.load(tmp_path / "s" / "p.pt", weights_only=True)
+    assert sorted(raw["state"]["buffers"]) == ["bfloat16", "float32", "int64"]
+    # packing copies: changing the source after the save changes nothing kept
+    packed = PackedState.pack(state)
+    state["bias"].add_(1)
+    assert not torch.equal(packed.unpack()["bias"], state["bias"])
+
+
+def test_a_checkpoint_of_the_plain_format_still_loads(tmp_path):
+    """Searches started before the packed format keep their parents readable."""
+    state = {"w": torch.randn(3, 3), "n": torch.tensor(2)}
+    (tmp_path / "s").mkdir()
+    torch.save({"format": PLAIN_FORMAT, "genotype": "g", "state": state},
+               tmp_path / "s" / "old.pt")
+    back = CheckpointStore(tmp_path).load("s/old.pt", None)
+    assert back["genotype"] == "g" and torch.equal(back["state"]["w"], state["w"])
+
+
+@pytest.mark.parametrize("index", [[["w", "float32", 0, [100]]], [["w", "int8", 0, [1]]],
+                                   "nonsense", [["w", "float32", -1, [1]]],
+                                   [["w", "float32", 0, [-2, -2]]]])
+def test_a_malformed_packed_state_is_a_checkpoint_error(tmp_path, index):
+    data, _ = encode({"genotype": "g", "state": {"w": torch.zeros(4)}})
+    payload = torch.load(__import__("io").BytesIO(data), weights_only=True)
+    payload["state"]["index"] = index
+    (tmp_path / "s").mkdir()
+    torch.save(payload, tmp_path / "s" / "bad.pt")
+    with pytest.raises(CheckpointError, match="malformed"):
+        CheckpointStore(tmp_path).load("s/bad.pt", None)
 
 
 def test_tampered_and_code_carrying_files_are_refused(tmp_path):

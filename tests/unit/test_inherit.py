@@ -114,3 +114,37 @@ def test_input_change_that_changes_the_stride_starts_the_op_afresh():
         assert names
         target = report.new if cell.reduction else report.inherited
         assert all(n in target for n in names), (i, cell.reduction)
+
+
+@pytest.mark.parametrize("actions", [[Action(0, "op2", 2)],                  # a new op
+                                     [Action(4, "in1", 4), Action(4, "in2", 4)]])  # slices
+def test_a_child_built_without_initialisation_gets_every_weight_it_does_not_copy(actions):
+    """Issue 16: the child is built under deferred_init (no kaiming draws) and inherit
+    initialises the convolutions it does not copy whole. Garbage left in a deferred
+    weight (NaN here) must never survive; copied weights are the parent's; initialised
+    ones look like torch's own initialisation."""
+    from renas_db.ops import Conv2d, deferred_init
+    g, parent = _parent()
+    child_g = g.apply(actions)
+    with deferred_init():
+        child = Network(child_g, SPEC)
+    deferred = [n for n, m in child.named_modules() if isinstance(m, Conv2d) and m.deferred]
+    assert deferred  # the build skipped them
+    with torch.no_grad():
+        for m in child.modules():
+            if isinstance(m, Conv2d):
+                m.weight.fill_(float("nan"))
+    report = inherit(g, parent.state_dict(), child)
+    pstate = parent.state_dict()
+    for name, value in child.state_dict().items():
+        assert torch.isfinite(value.float()).all(), name
+        if name in report.inherited:
+            assert torch.equal(value, pstate[name]), name
+    fresh = [n for n in report.new if n.endswith("weight") and ".op" in n and
+             isinstance(child.get_submodule(n.rsplit(".", 1)[0]), Conv2d)]
+    assert fresh or report.partial
+    reference = Network(child_g, SPEC).state_dict()  # torch's initialisation
+    for name in fresh:
+        got, want = child.state_dict()[name], reference[name]
+        assert 0.5 < float(got.std() / want.std()) < 2.0, name
+    assert not any(m.deferred for m in child.modules() if isinstance(m, Conv2d))
