@@ -78,7 +78,8 @@ def _progress_factory() -> ProgressFactory | None:
               help="Seconds between claims when there is no work.")
 @click.option("--idle-exit", type=float, help="Exit after this many seconds without work.")
 @click.option("--stats-json", type=click.Path(dir_okay=False),
-              help="Write per-phase timings to this file at exit.")
+              help="Write per-phase timings to this file at exit: each job's wall time "
+                   "and phases (background_* phases ran in a thread beside the job).")
 @click.option("--dry-run", "dry_run_seconds", type=float, hidden=True,
               help="No training: fake fitness after this many seconds (tests, benchmarks).")
 @pass_app
