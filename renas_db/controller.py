@@ -347,9 +347,19 @@ class ControllerTrainer:
                  "pending": float(len(self.pending))}
         if len(self.pending) >= c.batch:
             stats.update(self._step())
+        stats["entropy"] = self._policy_entropy(episodes)
         self.version += 1
         self.episodes_seen += len(episodes)
         return stats
+
+    def _policy_entropy(self, episodes: Sequence[Episode]) -> float:
+        """The policy's entropy as this update leaves it (the dashboard's controller
+        view): for each episode, the entropies of the 2B distributions its mutation
+        drew from (slot, then value, per block, along its actions), summed, in nats;
+        the mean over the episodes. A policy that stops exploring shows it falling."""
+        with torch.no_grad():
+            return sum(float(self.controller.decide(e.parent, actions=e.actions).entropy)
+                       for e in episodes) / len(episodes)
 
     def _step(self) -> dict[str, float]:
         c = self.config

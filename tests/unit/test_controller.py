@@ -199,6 +199,31 @@ def test_entropy_goes_into_the_reward_and_the_baseline_is_taken_over_it():
     assert old.update([Episode(g, actions, lp, 0.5)])["mean_reward"] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("high, low", [(0.9, 0.1), (0.5, 0.5)])
+def test_each_update_records_the_policy_entropy_it_leaves(high, low):
+    """Issue 17's controller view: stats["entropy"] is the entropy of the updated policy
+    along the episodes' mutations. Rewarding one mutation over the others makes the
+    policy pick it more surely and the recorded entropy falls; the control, every
+    mutation rewarded alike, leaves it where it was."""
+    trainer = ControllerTrainer.fresh(ControllerConfig(entropy_weight=0.0), seed=0)
+    g = parse("renasnet")
+    actions, lp, sampled = trainer.controller.sample(g, random.Random(0))
+    first = trainer.update([Episode(g, actions, lp, high)])["entropy"]
+    with torch.no_grad():
+        assert first == pytest.approx(float(trainer.controller.decide(g, actions=actions).entropy))
+    assert 0 < first <= sampled + 1e-3  # one small step from the fresh policy
+    rng = random.Random(1)
+    for _ in range(60):
+        other, other_lp, _ = trainer.controller.sample(g, rng)
+        trainer.update([Episode(g, other, other_lp, low)])
+        last = trainer.update([Episode(g, actions, trainer.controller.log_prob(g, actions),
+                                       high)])["entropy"]
+    if high > low:
+        assert last < 0.9 * first
+    else:
+        assert last > 0.95 * first
+
+
 def test_gain_reward_is_relative_to_the_parent():
     import math
     cfg = ControllerConfig(reward_mode="gain", entropy_weight=0.0)
