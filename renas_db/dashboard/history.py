@@ -13,8 +13,10 @@ late one must not be skipped."""
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import threading
+import time
 from array import array
 from bisect import bisect_right
 from collections import OrderedDict
@@ -23,6 +25,12 @@ from typing import Any
 
 SETTLE_S = 30.0
 MAX_SEARCHES = 16
+#: rows read per query of a sweep, and how long an answer sweeps before it answers with
+#: the steps swept so far and leaves the rest to a background thread
+CHUNK = 5000
+BUDGET_S = 0.1
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,15 +96,25 @@ class Series:
 class Kept:
     state: State = field(default_factory=State)
     series: Series = field(default_factory=Series)
+    #: a sweep has reached the newest visible row once (later answers extend it by a little)
+    complete: bool = False
+
+    def prefix(self) -> Sweep:
+        """The steps swept so far, read without the lock: `count` is the last array each
+        step appends to, so every array holds at least that many entries."""
+        return Sweep(self.series, len(self.series.count), Series(), complete=False)
 
 
 class Sweep:
     """What one answer reads: the kept series (steps 1..len(kept)) then this answer's
-    own unsettled steps."""
+    own unsettled steps. `complete` is False for an answer that covers only the steps
+    swept so far of a history still being read (exact as far as it goes)."""
 
-    def __init__(self, kept: Series, kept_steps: int, tail: Series) -> None:
+    def __init__(self, kept: Series, kept_steps: int, tail: Series, *,
+                 complete: bool = True) -> None:
         self.kept, self.kept_steps, self.tail = kept, kept_steps, tail
         self.steps = kept_steps + len(tail.child_id)
+        self.complete = complete
 
     def at(self, name: str, step: int) -> Any:
         if step <= self.kept_steps:
@@ -116,43 +134,99 @@ def _num(x: float) -> float | None:
 
 
 class HistoryCache:
-    """Per-search sweeps, least recently used dropped past MAX_SEARCHES."""
+    """Per-search sweeps, least recently used dropped past MAX_SEARCHES.
+
+    A history is read CHUNK rows at a time, one chunk under the lock. An answer that has
+    swept for BUDGET_S without reaching the newest row leaves the rest to a background
+    thread and returns the steps swept so far (Sweep.complete False), as does an answer
+    that finds a long sweep of its search under way: so no answer waits for a whole
+    100k-row history, and the page's next poll gets further."""
 
     def __init__(self) -> None:
         self._kept: OrderedDict[int, Kept] = OrderedDict()
         self._lock = threading.Lock()
+        self._background: set[int] = set()
+        self._background_lock = threading.Lock()
 
     def if_swept(self, db: Any, search_id: int) -> Sweep | None:
         """current() when this search is swept already and no sweep is running, else
         None (without waiting): for answers that have a cheaper way without it."""
-        if search_id not in self._kept or not self._lock.acquire(blocking=False):
+        kept = self._kept.get(search_id)
+        if kept is None or not kept.complete or not self._lock.acquire(blocking=False):
             return None
         self._lock.release()
         return self.current(db, search_id)
 
-    def current(self, db: Any, search_id: int) -> Sweep:
+    def current(self, db: Any, search_id: int, *, budget: float | None = None) -> Sweep:
         """The history up to the newest visible individual: the kept part extended by
-        the settled new rows (kept), then the unsettled ones (this answer's only)."""
-        with self._lock:   # one sweep at a time: answers are short after the first
+        the settled new rows (kept), then the unsettled ones (this answer's only). With
+        a budget (seconds), possibly only the steps swept so far (see the class)."""
+        deadline = None if budget is None else time.monotonic() + budget
+        while True:
             kept = self._kept.get(search_id)
-            if kept is None:
-                kept = self._kept[search_id] = Kept()
-            self._kept.move_to_end(search_id)
-            while len(self._kept) > MAX_SEARCHES:
-                self._kept.popitem(last=False)
-            rows, victims, now = db.new_history(search_id, kept.state.last_id)
-            killed: dict[int, list[int]] = {}
-            for killer, victim in victims:
-                killed.setdefault(killer, []).append(victim)
-            # rows are in id order, and so (but for commits in flight) in time order
-            cut = len(rows)
-            while cut > 0 and not _settled(rows[cut - 1][3], now):
-                cut -= 1
-            _sweep(kept.state, kept.series, rows[:cut], killed)
-            tail = Series()
-            if cut < len(rows):
-                _sweep(kept.state.copy(), tail, rows[cut:], killed)
-            return Sweep(kept.series, len(kept.series.child_id), tail)
+            if deadline is not None and kept is not None and not kept.complete:
+                left = max(deadline - time.monotonic(), 0.0)
+                if not self._lock.acquire(timeout=left):
+                    return kept.prefix()     # a long sweep holds it: what it has so far
+            else:
+                self._lock.acquire()
+            try:
+                done = self._chunk(db, search_id)
+            finally:
+                self._lock.release()
+            if done is not None:
+                return done
+            if deadline is not None and time.monotonic() >= deadline:
+                self._sweep_in_background(db, search_id)
+                return self._kept.get(search_id, Kept()).prefix()
+
+    def _chunk(self, db: Any, search_id: int) -> Sweep | None:
+        """One chunk of the sweep (the lock held): the answer if it reached the newest
+        row, else None."""
+        kept = self._kept.get(search_id)
+        if kept is None:
+            kept = self._kept[search_id] = Kept()
+        self._kept.move_to_end(search_id)
+        while len(self._kept) > MAX_SEARCHES:
+            self._kept.popitem(last=False)
+        rows, victims, now = db.new_history(search_id, kept.state.last_id, CHUNK)
+        full = len(rows) == CHUNK
+        # rows are in id order, and so (but for commits in flight) in time order
+        cut = len(rows)
+        while cut > 0 and not _settled(rows[cut - 1][3], now):
+            cut -= 1
+        if full and cut < len(rows):   # the unsettled end is near: read all of it
+            more, more_victims, now = db.new_history(search_id, rows[-1][0], None)
+            rows, victims, full = rows + more, victims + more_victims, False
+        killed: dict[int, list[int]] = {}
+        for killer, victim in victims:
+            killed.setdefault(killer, []).append(victim)
+        _sweep(kept.state, kept.series, rows[:cut], killed)
+        if full:
+            return None
+        kept.complete = True
+        tail = Series()
+        if cut < len(rows):
+            _sweep(kept.state.copy(), tail, rows[cut:], killed)
+        return Sweep(kept.series, len(kept.series.child_id), tail)
+
+    def _sweep_in_background(self, db: Any, search_id: int) -> None:
+        with self._background_lock:
+            if search_id in self._background:
+                return
+            self._background.add(search_id)
+
+        def run() -> None:
+            try:
+                self.current(db, search_id)
+            except Exception as exc:  # noqa: BLE001 (the next answer sweeps, and says why)
+                log.warning("dashboard: history of search %d not swept: %s", search_id,
+                            exc)
+            finally:
+                with self._background_lock:
+                    self._background.discard(search_id)
+
+        threading.Thread(target=run, name=f"sweep-{search_id}", daemon=True).start()
 
 
 def _sweep(state: State, series: Series, rows: list[Any], killed: dict[int, list[int]]

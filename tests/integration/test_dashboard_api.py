@@ -48,7 +48,9 @@ def two(store, tmp_path):
                                      created_at=datetime(2026, 1, 1), episodes_seen=4 * v,
                                      mean_reward=0.1 * v, baseline=0.05 * v,
                                      stats={"ratio_mean": 1.0 + v / 10, "ratio_min": 0.9,
-                                            "ratio_max": 1.2, "ratio_clipped": 0.25}))
+                                            "ratio_max": 1.2, "ratio_clipped": 0.25,
+                                            # version 1 as made before entropy was kept
+                                            **({"entropy": 3.0 + v} if v > 1 else {})}))
     return store, sid
 
 
@@ -119,6 +121,7 @@ FROM searches s JOIN v_cost c ON c.search_id = s.id WHERE s.name = '{name}'""")[
         assert [v["mean_reward"] for v in ctl["versions"]] == \
             pytest.approx([w["mean_reward"] for w in want])
         assert ctl["versions"][1]["ratio_mean"] == pytest.approx(1.2)
+        assert [v["entropy"] for v in ctl["versions"]] == [None, 5.0, 6.0]
         sizes = {}   # the nodes space.diff finds changed between parent and child
         for r in _rows(store, "SELECT c.controller_version, c.genotype, p.genotype AS pg "
                               "FROM individuals c JOIN individuals p ON p.id = c.parent_id "

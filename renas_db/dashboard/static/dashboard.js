@@ -166,6 +166,7 @@
       this.tail = null;
       this.stepsDone = 0;
       this.steps = null;
+      this.complete = true;
     }
     async update() {
       let q = "?after=" + this.after;
@@ -179,6 +180,7 @@
       this.tail = r.tail;
       this.stepsDone = r.steps_done;
       this.steps = r.steps;
+      this.complete = r.complete !== false;
     }
     points() {
       return this.tail ? this.samples.concat([this.tail]) : this.samples;
@@ -225,6 +227,7 @@
     const ratioBox = el("div", { cls: "chart", id: "ratio-chart" });
     const sizeBox = el("div", { cls: "chart", id: "size-chart" });
     const ctlNote = el("p", { cls: "note", id: "controller-note" });
+    const progNote = el("p", { cls: "note", id: "progress-reading" });
     const pop = new SortTable([
       { key: "id", label: "id", link: (r) => "/individual/" + r.id, num: true },
       { key: "origin", label: "origin" },
@@ -284,7 +287,7 @@
       el("section", { id: "sec-progress" }, el("h2", { text: "Progress" }),
         el("p", { cls: "note", text: "Population best and mean ± std after each step; " +
           "each child a dot, green when better than its parent, red when not." }),
-        overlaySelect, progBox),
+        overlaySelect, progNote, progBox),
       el("section", { id: "sec-population" }, el("h2", { text: "Population" }), pop.table),
       el("section", { id: "sec-controller" }, el("h2", { text: "Controller" }), ctlNote, ctlBox, ratioBox, sizeBox),
       el("section", { id: "sec-workers" }, el("h2", { text: "Workers and jobs" }),
@@ -316,10 +319,13 @@
         axes: [{ label: "step" }, { label: "fitness", size: 60 }] };
     });
     const ctlChart = new Chart(ctlBox, () => ({
-      title: "mean reward and baseline per version",
+      title: "mean reward, baseline and policy entropy per version",
       series: [{ label: "version" }, { label: "mean reward", stroke: "#1f77b4", spanGaps: true },
-        { label: "baseline", stroke: "#ff7f0e", spanGaps: true }],
-      scales: { x: { time: false } }, axes: [{ label: "controller version" }, { size: 60 }] }));
+        { label: "baseline", stroke: "#ff7f0e", spanGaps: true },
+        { label: "entropy (nats, right)", stroke: "#2ca02c", scale: "nats", spanGaps: true }],
+      scales: { x: { time: false }, nats: { auto: true } },
+      axes: [{ label: "controller version" }, { size: 60 },
+        { scale: "nats", side: 1, size: 50, grid: { show: false } }] }));
     const ratioChart = new Chart(ratioBox, () => ({
       title: "stale-episode probability ratio (PPO) per update",
       series: [{ label: "version" }, { label: "ratio mean", stroke: "#1f77b4", spanGaps: true },
@@ -329,7 +335,7 @@
       scales: { x: { time: false } }, axes: [{ label: "controller version" }, { size: 60 }] }));
     const sizeChart = new Chart(sizeBox, () => ({
       title: "mutation size (nodes changed per child) per version",
-      series: [{ label: "version" }, { label: "mean actions", stroke: "#2ca02c", spanGaps: true }],
+      series: [{ label: "version" }, { label: "mean nodes changed", stroke: "#2ca02c", spanGaps: true }],
       scales: { x: { time: false } }, axes: [{ label: "controller version" }, { size: 60 }] }));
 
     let ctlAfter = 0;
@@ -367,6 +373,9 @@
         data = uPlot.join(tables);
       }
       progChart.set(data, [...overlays.keys()].join("|"));
+      // a long history is read in chunks: until it is all read, the curve is its first steps
+      progNote.textContent = prog.complete ? "" :
+        "reading the history: the first " + prog.stepsDone + " steps so far";
       progBox.dataset.points = String(xs.length);
       progBox.dataset.lastStep = String(xs.length ? xs[xs.length - 1] : 0);
     }
@@ -408,10 +417,11 @@
       if (versions.length) {
         ctlNote.textContent = versions.length + " controller versions; the latest: mean reward " +
           fmt(versions[versions.length - 1].mean_reward) + ", baseline " +
-          fmt(versions[versions.length - 1].baseline) +
-          ". (Policy entropy is not recorded in the controller snapshots.)";
+          fmt(versions[versions.length - 1].baseline) + ", policy entropy " +
+          fmt(versions[versions.length - 1].entropy) + " nats";
         const vx = versions.map((v) => v.version);
-        ctlChart.set([vx, versions.map((v) => v.mean_reward), versions.map((v) => v.baseline)], "");
+        ctlChart.set([vx, versions.map((v) => v.mean_reward), versions.map((v) => v.baseline),
+          versions.map((v) => v.entropy)], "");
         ratioChart.set([vx, versions.map((v) => v.ratio_mean), versions.map((v) => v.ratio_min),
           versions.map((v) => v.ratio_max), versions.map((v) => v.ratio_clipped)], "");
       } else {
