@@ -1,5 +1,6 @@
-"""Factories for tests and benchmarks: job results with no training behind them, and a
-PgBouncer to put in front of a PostgreSQL server.
+"""Factories for tests and benchmarks: job results with no training behind them, a
+PgBouncer to put in front of a PostgreSQL server, and the Chromium the browser tests and
+docs/screenshots.py drive.
 
 Torch-free, so that protocol tests and coordination benchmarks measure the database and
 nothing else.
@@ -112,3 +113,12 @@ logfile = {folder}/pgbouncer.log
     proc.kill()
     proc.wait()
     raise RuntimeError(f"pgbouncer did not start (see {folder}/pgbouncer.log)")
+
+
+# Debian's packages; Playwright launches them by path (its own browser download fails here)
+CHROMIUM_PATHS = ("/usr/bin/chromium-headless-shell", "/usr/bin/chromium")
+
+
+def chromium_path() -> str | None:
+    """The first of CHROMIUM_PATHS installed, else None."""
+    return next((p for p in CHROMIUM_PATHS if os.path.exists(p)), None)

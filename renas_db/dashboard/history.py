@@ -191,13 +191,13 @@ class HistoryCache:
             self._kept.popitem(last=False)
         rows, victims, now = db.new_history(search_id, kept.state.last_id, CHUNK)
         full = len(rows) == CHUNK
+        if full and not _settled(rows[-1][3], now):   # the unsettled end: read all of it
+            more, more_victims, now = db.new_history(search_id, rows[-1][0], None)
+            rows, victims, full = rows + more, victims + more_victims, False
         # rows are in id order, and so (but for commits in flight) in time order
         cut = len(rows)
         while cut > 0 and not _settled(rows[cut - 1][3], now):
             cut -= 1
-        if full and cut < len(rows):   # the unsettled end is near: read all of it
-            more, more_victims, now = db.new_history(search_id, rows[-1][0], None)
-            rows, victims, full = rows + more, victims + more_victims, False
         killed: dict[int, list[int]] = {}
         for killer, victim in victims:
             killed.setdefault(killer, []).append(victim)

@@ -12,19 +12,19 @@ from pathlib import Path
 import pytest
 
 from renas_db.db.session import Store
+from renas_db.testing import chromium_path
 from tests.dashboard_helpers import dashboard, known_search
 from tests.e2e.common import create
 from tests.helpers import spawn_worker
 
-BROWSERS = ("/usr/bin/chromium-headless-shell", "/usr/bin/chromium")
 POLL = "?poll=200"
 
 
 def _browser_path() -> str:
-    for path in BROWSERS:
-        if os.path.exists(path):
-            return path
-    pytest.skip("no Chromium: apt-get install chromium-headless-shell (.ci/run does)")
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no Chromium: apt-get install chromium-headless-shell (.ci/run does)")
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -180,7 +180,7 @@
       this.tail = r.tail;
       this.stepsDone = r.steps_done;
       this.steps = r.steps;
-      this.complete = r.complete !== false;
+      this.complete = r.complete;
     }
     points() {
       return this.tail ? this.samples.concat([this.tail]) : this.samples;
