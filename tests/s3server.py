@@ -128,20 +128,34 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                # an interim "100 Continue" (boto3 sends PutObject with Expect:
-                # 100-continue) comes before the server has the body: not cut
-                if answers and self.cut_answers > 0 and not data.startswith(b"HTTP/1.1 100"):
-                    with self._lock:
-                        cut = self.cut_answers > 0
-                        self.cut_answers -= 1 if cut else 0
-                    if cut:  # the server has acted and answered: the answer is lost
-                        break
+                if answers and self.cut_answers > 0:
+                    interim, data = _split_interim(data)
+                    dst.sendall(interim)
+                    if data:
+                        with self._lock:
+                            cut = self.cut_answers > 0
+                            self.cut_answers -= 1 if cut else 0
+                        if cut:  # the server has acted and answered: the answer is lost
+                            break
                 dst.sendall(data)
         except OSError:
             pass
         finally:
             _close(src)
             _close(dst)
+
+
+def _split_interim(data: bytes) -> tuple[bytes, bytes]:
+    """(an interim "100 Continue" at the start of `data`, the rest). boto3 sends PutObject
+    with Expect: 100-continue, and the interim answer comes before the server has the
+    body, so it is never the answer to cut. The server's final answer may arrive in the
+    same read (one recv held both once, and the cut never happened)."""
+    if not data.startswith(b"HTTP/1.1 100"):
+        return b"", data
+    end = data.find(b"\r\n\r\n")
+    if end < 0:   # the interim answer's end in a later read: pass this part on
+        return data, b""
+    return data[:end + 4], data[end + 4:]
 
 
 def _close(s: socket.socket) -> None:
